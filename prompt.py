@@ -173,7 +173,7 @@ def render_week(week, name):
     if len(news) > MAX_NEWS_PER_WEEK:
         raise ValueError(f"week {week['start']} has {len(news)} news items; sample at most "
                          f"{MAX_NEWS_PER_WEEK} before rendering")
-    body = "\n".join(render_news(n) for n in news) if news else NO_NEWS
+    body = "\n".join(render_news(n) for n in news).rstrip("\n") if news else NO_NEWS
     return head + body
 
 
