@@ -17,6 +17,7 @@ Leak rules (checked by tests on each record's provenance dates, not on rendered 
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import sys
@@ -44,6 +45,11 @@ SAMPLE_MAX_NEWS_PER_WEEK = 3
 FINANCIALS_LAG_DAYS = 45           # 10-Q filing deadline for large filers is 40 days after quarter end
 FINANCIALS_LAG_DAYS_Q4 = 90        # 10-K comes later (60-90 days)
 VAL_FRACTION, TEST_FRACTION = 0.15, 0.15   # of prediction weeks, when no cutoff dates are given
+TEACHER_MODEL = "gpt-4o-mini"
+TEACHER_TEMPERATURE = 0.7
+TEACHER_MAX_TOKENS = 1024          # public answers are 1.3k-3.1k characters (< 800 tokens)
+FINNHUB_CALLS_PER_MINUTE = 60      # free plan
+CACHE_ENV = "FORECASTER_CACHE"
 TEACHER_RETRIES = 2
 TEACHER_CONCURRENCY = 8
 SEED = 0
@@ -158,14 +164,14 @@ def build_records(source, symbols, start, end, *, min_past_weeks=MIN_PAST_WEEKS,
     records, errors = [], {}
     for symbol in tqdm(symbols, desc="symbols", unit="sym", disable=not progress):
         try:
+            profile = source.profile(symbol)      # first: it tells whether the symbol exists at all
             closes = source.prices(symbol, first_sunday - pd.Timedelta(days=10), last_sunday)
             if closes is None or closes.dropna().empty:
                 raise KeyError(f"{symbol}: no prices between {_date(first_sunday)} and {_date(last_sunday)}")
-            profile = source.profile(symbol)
             news = source.news(symbol, _date(first_sunday), _date(last_sunday))
             quarters = source.financials(symbol)
         except Exception as exc:   # one ticker failing must not sink the others; reported in build.json
-            errors[symbol] = f"{type(exc).__name__}: {exc}"
+            errors[symbol] = exc.args[0] if isinstance(exc, KeyError) and exc.args else f"{type(exc).__name__}: {exc}"
             continue
         weeks = weekly_windows(closes, first_sunday, last_sunday)
         for i, target in enumerate(weeks):
@@ -252,11 +258,15 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
     todo = [r for r in requests if r["id"] not in answers]
     failures, usage = {}, {"prompt_tokens": 0, "completion_tokens": 0}
 
+    from teachers import TeacherFatalError
+
     def ask(request):
         problems = []
         for _ in range(retries + 1):
             try:
                 raw = teacher.answer(request)
+            except TeacherFatalError:
+                raise
             except Exception as exc:   # transport errors after the client's own retries
                 problems.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -270,7 +280,12 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
         futures = [pool.submit(ask, r) for r in todo]
         for fut in tqdm(as_completed(futures), total=len(futures), desc=f"teacher ({teacher.name})",
                         unit="answer", disable=not progress or not futures):
-            request, text, problem = fut.result()
+            try:
+                request, text, problem = fut.result()
+            except TeacherFatalError as exc:
+                for other in futures:
+                    other.cancel()
+                raise ValueError(f"{exc} ({len(answers)} answers kept in {journal_path})") from None
             if text is None:
                 failures[request["id"]] = problem
                 continue
@@ -371,6 +386,8 @@ def build(args, source, teacher):
     if args.dry_run:
         print(f"dry run: {len(requests)} prompts built for {len(symbols) - len(errors)} symbols; no teacher calls")
         return None
+    done_ids = {entry["id"] for entry in read_journal(out / "teacher_journal.jsonl").values()}
+    confirm_cost(requests, teacher, args, done_ids)
     answers, failures, teacher_stats = label_with_teacher(
         requests, teacher, out / "teacher_journal.jsonl", retries=args.teacher_retries,
         concurrency=args.teacher_concurrency)
@@ -398,6 +415,7 @@ def build(args, source, teacher):
         "counts": {k: len(v) for k, v in rows_by_split.items()},
         "prompts_built": len(records), "embargoed": embargoed,
         "teacher_failures": failures, "teacher_stats": teacher_stats,
+        "teacher_cost_usd": teacher_cost(teacher_stats, args),
         "source_stats": getattr(source, "stats", lambda: {})(),
         "wall_time_s": round(time.time() - started, 2), "versions": _versions(),
         "description": description,
@@ -407,6 +425,18 @@ def build(args, source, teacher):
     print(f"wrote {out}: {counts} rows ({len(failures)} teacher failures, {len(errors)} tickers skipped, "
           f"{embargoed} embargoed) in {manifest['wall_time_s']:.1f}s")
     return manifest
+
+
+def teacher_cost(stats, args):
+    if args.teacher == "offline":
+        return 0.0
+    from teachers import PRICES_PER_M_TOKENS
+    table = PRICES_PER_M_TOKENS.get(args.teacher_model, (None, None))
+    p_in = args.price_in if args.price_in is not None else table[0]
+    p_out = args.price_out if args.price_out is not None else table[1]
+    if p_in is None or p_out is None:
+        return None
+    return round((stats.get("prompt_tokens", 0) * p_in + stats.get("completion_tokens", 0) * p_out) / 1e6, 4)
 
 
 def resolve_symbols(args):
@@ -429,14 +459,41 @@ def make_source(args):
     if args.source == "sample":
         from sources import SampleSource
         return SampleSource(seed=args.seed)
-    raise ValueError(f"unknown --source {args.source!r}")
+    from sources import CsvPrices, FinnhubData, LiveSource, YFinancePrices
+    finnhub_data = FinnhubData(os.environ.get("FINNHUB_KEY"), cache_dir=args.cache_dir,
+                               calls_per_minute=args.finnhub_calls_per_minute,
+                               backoff_s=args.finnhub_backoff_s)
+    prices = CsvPrices(args.prices_csv) if args.prices_csv else YFinancePrices(cache_dir=args.cache_dir)
+    return LiveSource(finnhub_data, prices)
 
 
 def make_teacher(args):
-    from teachers import TEACHERS
+    from teachers import TEACHERS, OpenAITeacher
     if args.teacher not in TEACHERS:
         raise ValueError(f"unknown --teacher {args.teacher!r}; choose one of {', '.join(TEACHERS)}")
+    if args.teacher == "openai":
+        return OpenAITeacher(args.teacher_model, base_url=args.teacher_base_url,
+                             temperature=args.teacher_temperature, max_tokens=args.teacher_max_tokens)
     return TEACHERS[args.teacher]()
+
+
+def confirm_cost(requests, teacher, args, done_ids=()):
+    """Print prompts, estimated tokens and cost before the first paid call; ask unless --yes."""
+    if args.teacher == "offline":
+        return
+    from teachers import estimate_cost
+    todo = [r for r in requests if r["id"] not in done_ids]
+    tokens_in, tokens_out, cost = estimate_cost(todo, args.teacher_model, args.teacher_max_tokens,
+                                                args.price_in, args.price_out)
+    cost_text = f"~${cost:.2f}" if cost is not None else "unknown (pass --price_in/--price_out, USD per 1M tokens)"
+    print(f"teacher {args.teacher_model}: {len(todo)} prompts to ask ({len(requests) - len(todo)} already "
+          f"answered), ~{tokens_in:,} prompt + ~{tokens_out:,} completion tokens, estimated cost {cost_text}")
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise ValueError("not asking for confirmation without a terminal: pass --yes to proceed")
+    if input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise ValueError("cancelled; nothing was asked")
 
 
 def parse_args(argv=None):
@@ -445,8 +502,28 @@ def parse_args(argv=None):
                    ".parquet or hub id) and exit; non-zero only on a structural error")
     p.add_argument("--hindsight", action="store_true", help="with --check: also check that each label "
                    "matches the answer's Prediction line (for hindsight datasets such as the public one)")
-    p.add_argument("--source", default=SOURCE, choices=["sample"], help="where prices/news/financials come from")
-    p.add_argument("--teacher", default=TEACHER, help="who writes the answers: offline")
+    p.add_argument("--source", default=SOURCE, choices=["sample", "finnhub"],
+                   help="sample: offline bokeh prices + generated news; finnhub: Finnhub news/profile/"
+                        "financials + yfinance prices (needs FINNHUB_KEY)")
+    p.add_argument("--prices_csv", help="with --source finnhub: your own daily prices (columns date, symbol, "
+                   "close) instead of yfinance")
+    p.add_argument("--cache_dir", help=f"raw response cache (default ${{{CACHE_ENV}}} or "
+                   "~/.cache/fingpt-forecaster); a warm re-run makes zero network calls")
+    p.add_argument("--finnhub_calls_per_minute", type=int, default=FINNHUB_CALLS_PER_MINUTE,
+                   help="Finnhub rate limit (free plan: 60 calls/min)")
+    p.add_argument("--finnhub_backoff_s", type=float, default=1.0,
+                   help="base of the jittered exponential backoff on 429/5xx/timeouts, seconds")
+    p.add_argument("--teacher", default=TEACHER, choices=["offline", "openai"],
+                   help="who writes the answers: offline (extractive, no model) or openai (any "
+                        "OpenAI-compatible server; key from OPENAI_API_KEY/OPENAI_KEY)")
+    p.add_argument("--teacher_model", default=TEACHER_MODEL, help="model name on the teacher server")
+    p.add_argument("--teacher_base_url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI)")
+    p.add_argument("--teacher_temperature", type=float, default=TEACHER_TEMPERATURE, help="sampling temperature")
+    p.add_argument("--teacher_max_tokens", type=int, default=TEACHER_MAX_TOKENS,
+                   help="max completion tokens; a truncated answer is retried, never kept")
+    p.add_argument("--price_in", type=float, help="teacher price, USD per 1M prompt tokens (overrides the table)")
+    p.add_argument("--price_out", type=float, help="teacher price, USD per 1M completion tokens")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation of the estimated cost")
     p.add_argument("--teacher_mode", default=TEACHER_MODE, choices=P.TEACHER_MODES,
                    help="hindsight: teacher is told the realised label (upstream); blind: it is not")
     p.add_argument("--teacher_retries", type=int, default=TEACHER_RETRIES,
@@ -471,13 +548,12 @@ def parse_args(argv=None):
     p.add_argument("--test_start", help="first prediction week of the test split (YYYY-MM-DD); default: "
                    f"the last {int(TEST_FRACTION * 100)}%% of weeks")
     p.add_argument("--seed", type=int, default=SEED, help="drives news sampling and past-week counts only")
-    p.add_argument("--out", help="output dataset folder (DatasetDict + build.json + teacher journal)")
+    p.add_argument("--out", help="output dataset folder (DatasetDict + build.json + teacher journal); "
+                   "live default data/fingpt-forecaster-{index}-{start}-{end}-{teacher_mode}")
     p.add_argument("--overwrite", action="store_true", help="rebuild a dataset already in --out")
     p.add_argument("--dry_run", action="store_true", help="build prompts only; no teacher calls, nothing written")
     args = p.parse_args(argv)
     if not args.check:
-        if not args.out:
-            p.error("--out is required (or use --check PATH)")
         if args.source == "sample":
             args.start = args.start or SAMPLE_START
             args.end = args.end or SAMPLE_END
@@ -497,6 +573,12 @@ def parse_args(argv=None):
                     p.error(f"--{flag} {value!r} is not a date (YYYY-MM-DD)")
         if args.start > args.end:
             p.error(f"--start {args.start} is after --end {args.end}")
+        if not args.out:
+            if args.source == "sample":
+                p.error("--out is required (or use --check PATH)")
+            name = (args.index or "custom").lower()
+            args.out = (f"data/fingpt-forecaster-{name}-{args.start.replace('-', '')}-"
+                        f"{args.end.replace('-', '')}-{args.teacher_mode}")
     return args
 
 
@@ -510,12 +592,14 @@ def check(path, hindsight=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        from dotenv import load_dotenv
+        load_dotenv()      # FINNHUB_KEY, OPENAI_API_KEY from .env; the environment wins
         if args.check:
             check(args.check, args.hindsight)
             return 0
         build(args, make_source(args), make_teacher(args))
         return 0
-    except (DatasetError, ValueError, KeyError) as exc:
+    except (DatasetError, ValueError, KeyError, RuntimeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"Error: {msg}", file=sys.stderr)
         return 1

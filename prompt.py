@@ -242,12 +242,16 @@ def render_prompt(record, instruction):
 
 def insert_prediction(answer, label):
     """Hindsight post-processing (upstream): put 'Prediction: <Label>' at the top of the analysis
-    section so the answer carries the realised label."""
+    section so the answer carries the realised label. An answer without the section header is
+    off-format (raises ValueError): appending one would file its analysis under the concerns."""
     pred = "Prediction: " + label[0].upper() + label[1:]
-    pattern = re.compile(r"\[Prediction\s*(?:&|and)\s*Analysis\]:\s*", re.I)
-    if pattern.search(answer):
-        return pattern.sub(lambda m: f"[Prediction & Analysis]:\n{pred}\nAnalysis: ", answer, count=1)
-    return answer.rstrip() + f"\n\n[Prediction & Analysis]:\n{pred}\n"
+    pattern = re.compile(r"^[ \t#*]*\[?Prediction\s*(?:&|and)\s*Analysis\]?[ \t*]*:?[ \t*]*\n?", re.I | re.M)
+    match = pattern.search(answer)
+    if not match:
+        raise ValueError("off-format answer: no [Prediction & Analysis] header")
+    rest = re.sub(r"^\s*Prediction\s*:[^\n]*\n?", "", answer[match.end():], flags=re.I)  # a guessed one
+    rest = re.sub(r"^\s*Analysis\s*:\s*", "", rest, flags=re.I)
+    return answer[:match.start()] + f"[Prediction & Analysis]:\n{pred}\nAnalysis: " + rest.lstrip()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,15 @@ domain; AAPL, MSFT, IBM, GOOG, 2004-08-19 ... 2013-03-01 in common), company pro
 SAMPLE news generated only from price and volume data dated before each item's date. It is for
 demonstrating and testing the pipeline; forecasts trained on it carry no signal.
 """
+import hashlib
 import importlib.util
+import json
+import os
 import random
+import re
+import threading
+import time
+from collections import Counter, deque
 from pathlib import Path
 
 import pandas as pd
@@ -159,4 +166,301 @@ class SampleSource:
                     "avgDailyVolumeMillions": round(float(q["Volume"].mean()) / 1e6, 2),
                 },
             })
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Live sources: shared plumbing (disk cache, rate limit, retries, redaction)
+# ---------------------------------------------------------------------------------------------
+
+CACHE_DIR_ENV = "FORECASTER_CACHE"
+FINNHUB_CALLS_PER_MINUTE = 60        # free plan; HTTP 429 past it
+FINNHUB_TIMEOUT_S = 10
+FINNHUB_MAX_ATTEMPTS = 6             # per call, with exponential backoff + jitter
+NEWS_MIN_SPLIT_DAYS = 7              # never split a news range below a week
+NEWS_CAP_MIN_ITEMS = 100             # a response this long whose oldest item is later than the range
+NEWS_CAP_SLACK_DAYS = 4              # start (+ a long weekend) looks capped: split the range, fetch halves
+
+
+def default_cache_dir():
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "fingpt-forecaster")
+
+
+def redact(text, secrets=()):
+    """Remove API keys from anything that may be printed or stored (error messages carry URLs)."""
+    text = re.sub(r"(token|apikey|api_key|key)=([^&\s'\"]+)", r"\1=***", str(text), flags=re.I)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class DiskCache:
+    """One JSON file per (endpoint, parameters). Keys never enter the cache: callers pass only the
+    request parameters, and the client adds the token itself."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.hits, self.misses = Counter(), Counter()
+
+    def _path(self, endpoint, params):
+        blob = json.dumps(params, sort_keys=True, default=str)
+        digest = hashlib.sha256(f"{endpoint}|{blob}".encode()).hexdigest()[:20]
+        return self.root / endpoint.strip("/").replace("/", "_") / f"{digest}.json"
+
+    def get_or_fetch(self, endpoint, params, fetch):
+        path = self._path(endpoint, params)
+        if path.exists():
+            self.hits[endpoint] += 1
+            return json.loads(path.read_text())["response"]
+        self.misses[endpoint] += 1
+        response = fetch()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"endpoint": endpoint, "params": params, "response": response}))
+        tmp.replace(path)      # atomic: a killed run never leaves a half-written cache entry
+        return response
+
+
+class RateLimiter:
+    """At most `calls` calls in any `period` seconds (sliding window). Clock and sleep are injectable
+    so tests and benchmarks never sleep for real."""
+
+    def __init__(self, calls, period=60.0, clock=time.monotonic, sleep=time.sleep):
+        self.calls, self.period, self.clock, self.sleep = calls, period, clock, sleep
+        self.stamps, self.waited = deque(), 0.0
+        self.lock = threading.Lock()
+
+    def acquire(self):
+        with self.lock:
+            while True:
+                now = self.clock()
+                while self.stamps and now - self.stamps[0] >= self.period:
+                    self.stamps.popleft()
+                if len(self.stamps) < self.calls:
+                    self.stamps.append(now)
+                    return
+                wait = self.period - (now - self.stamps[0])
+                self.waited += wait
+                self.sleep(wait)
+
+
+class SimulatedClock:
+    """A clock whose sleep advances time instantly (tests, benchmarks)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += max(0.0, seconds)
+
+
+def _retryable(exc):
+    import requests
+    from finnhub.exceptions import FinnhubAPIException, FinnhubRequestException
+    if isinstance(exc, FinnhubAPIException):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, (requests.Timeout, requests.ConnectionError, FinnhubRequestException))
+
+
+class FinnhubData:
+    """Company profile, news and quarterly financials from Finnhub (finnhub-python), cached on disk,
+    rate-limited, retried with jittered exponential backoff on 429/5xx/timeouts/malformed JSON."""
+
+    def __init__(self, api_key, cache_dir=None, base_url=None, calls_per_minute=FINNHUB_CALLS_PER_MINUTE,
+                 clock=time.monotonic, sleep=time.sleep, max_attempts=FINNHUB_MAX_ATTEMPTS,
+                 timeout_s=FINNHUB_TIMEOUT_S, backoff_s=1.0):
+        import finnhub
+        if not api_key:
+            raise ValueError("Finnhub needs an API key: set FINNHUB_KEY in the environment or in .env")
+        self._key = api_key
+        self.client = finnhub.Client(api_key=api_key)
+        base_url = base_url or os.environ.get("FINNHUB_BASE_URL")
+        if base_url:
+            self.client.API_URL = base_url.rstrip("/")
+        self.client.DEFAULT_TIMEOUT = timeout_s
+        self.cache = DiskCache(Path(cache_dir or default_cache_dir()) / "finnhub")
+        self.limiter = RateLimiter(calls_per_minute, 60.0, clock, sleep)
+        self.sleep, self.max_attempts, self.backoff_s = sleep, max_attempts, backoff_s
+        self.api_calls, self.retries = Counter(), Counter()
+
+    def _call(self, endpoint, params, method):
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        def attempt():
+            self.limiter.acquire()
+            self.api_calls[endpoint] += 1
+            return method(**params)
+
+        def count_retry(state):
+            self.retries[endpoint] += 1
+
+        retrying = Retrying(retry=retry_if_exception(_retryable), stop=stop_after_attempt(self.max_attempts),
+                            wait=wait_random_exponential(multiplier=self.backoff_s, max=60 * self.backoff_s), sleep=self.sleep,
+                            before_sleep=count_retry, reraise=True)
+        try:
+            return self.cache.get_or_fetch(endpoint, params, lambda: retrying(attempt))
+        except Exception as exc:   # one line, key removed, for the build report
+            raise RuntimeError(f"Finnhub {endpoint} {params.get('symbol', '')}: "
+                               f"{redact(exc, [self._key])}") from None
+
+    def profile(self, symbol):
+        data = self._call("profile2", {"symbol": symbol}, self.client.company_profile2)
+        if not data or not data.get("name"):
+            raise KeyError(f"{symbol}: Finnhub knows no company with this symbol")
+        return {"name": data["name"], "industry": data.get("finnhubIndustry") or "N/A",
+                "ipo": data.get("ipo") or "N/A", "country": data.get("country") or "N/A",
+                "exchange": data.get("exchange") or "N/A", "currency": data.get("currency") or "USD",
+                "ticker": data.get("ticker") or symbol}
+        # market cap / shares omitted on purpose: the API gives only today's values (look-ahead)
+
+    def news(self, symbol, start, end):
+        """Items dated start <= day < end, in as few calls as the API allows: one call for the whole
+        range, halves fetched again where a response looks capped."""
+        last = (pd.Timestamp(end) - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+        items = self._news_range(symbol, pd.Timestamp(start), pd.Timestamp(last))
+        out, seen = [], set()
+        for n in items:
+            if not n.get("datetime"):
+                continue
+            day = pd.Timestamp(n["datetime"], unit="s").strftime("%Y-%m-%d")
+            key = (day, n.get("headline"))
+            if key in seen or not (start <= day < end):
+                continue
+            seen.add(key)
+            out.append({"date": day, "headline": n.get("headline") or "", "summary": n.get("summary") or ""})
+        return sorted(out, key=lambda n: n["date"])
+
+    def _news_range(self, symbol, lo, hi):
+        params = {"symbol": symbol, "_from": lo.strftime("%Y-%m-%d"), "to": hi.strftime("%Y-%m-%d")}
+        items = self._call("company-news", params, self.client.company_news) or []
+        dated = [n["datetime"] for n in items if n.get("datetime")]
+        oldest = pd.Timestamp(min(dated), unit="s").normalize() if dated else None
+        capped = (len(items) >= NEWS_CAP_MIN_ITEMS and oldest is not None
+                  and oldest > lo + pd.Timedelta(days=NEWS_CAP_SLACK_DAYS))
+        if capped and (hi - lo).days >= 2 * NEWS_MIN_SPLIT_DAYS:
+            mid = lo + (hi - lo) / 2
+            mid = mid.normalize()
+            return (self._news_range(symbol, lo, mid) + self._news_range(symbol, mid + pd.Timedelta(days=1), hi))
+        return items
+
+    def financials(self, symbol):
+        """Quarterly series from /stock/metric, with filing dates from /stock/financials-reported where
+        the API has them, and the fiscal quarter (Q4 = a quarter ending on a fiscal year end)."""
+        data = self._call("metric", {"symbol": symbol, "metric": "all"}, self.client.company_basic_financials)
+        series = (data or {}).get("series") or {}
+        by_period = {}
+        for metric, values in (series.get("quarterly") or {}).items():
+            for v in values or []:
+                if v.get("period") and v.get("v") is not None:
+                    by_period.setdefault(v["period"], {})[metric] = round(float(v["v"]), 4)
+        fy_months = Counter(v["period"][5:7] for values in (series.get("annual") or {}).values()
+                            for v in values or [] if v.get("period"))
+        fy_end_month = int(fy_months.most_common(1)[0][0]) if fy_months else None
+        filed = {}
+        try:
+            reported = self._call("financials-reported", {"symbol": symbol, "freq": "quarterly"},
+                                  self.client.financials_reported)
+            for r in (reported or {}).get("data") or []:
+                if r.get("endDate") and r.get("filedDate"):
+                    filed[str(r["endDate"])[:10]] = str(r["filedDate"])[:10]
+        except RuntimeError:
+            pass   # filing dates are optional: the lag rule applies without them
+        out = []
+        for period, metrics in sorted(by_period.items()):
+            quarter = None   # unknown fiscal calendar: the longer (Q4) lag applies
+            if fy_end_month:
+                quarter = (int(period[5:7]) - fy_end_month - 1) % 12 // 3 + 1
+            out.append({"period": period, "filed": filed.get(period), "fiscal_quarter": quarter,
+                        "metrics": metrics})
+        return out
+
+    def stats(self):
+        return {"api_calls": dict(self.api_calls), "retries": dict(self.retries),
+                "cache_hits": dict(self.cache.hits), "cache_misses": dict(self.cache.misses),
+                "rate_limit_wait_s": round(self.limiter.waited, 1)}
+
+
+def _yfinance_download(symbol, start, end):
+    import yfinance as yf
+    return yf.download(symbol, start=start, end=end, auto_adjust=True, progress=False, threads=False)
+
+
+class YFinancePrices:
+    """Daily adjusted closes from yfinance, cached as CSV per (symbol, range). yfinance uses curl_cffi,
+    which HTTP caches cannot intercept, so its DataFrames are cached here. `download` is the seam."""
+
+    def __init__(self, cache_dir=None, download=_yfinance_download):
+        self.cache_root = Path(cache_dir or default_cache_dir()) / "yfinance"
+        self.download = download
+        self.hits = self.misses = 0
+
+    def prices(self, symbol, start, end):
+        start, end = pd.Timestamp(start).strftime("%Y-%m-%d"), pd.Timestamp(end).strftime("%Y-%m-%d")
+        path = self.cache_root / f"{symbol}_{start}_{end}.csv"
+        if path.exists():
+            self.hits += 1
+            s = pd.read_csv(path, index_col=0, parse_dates=True).iloc[:, 0]
+            return s.rename(symbol)
+        self.misses += 1
+        frame = self.download(symbol, start, end)
+        if frame is None or frame.empty:
+            raise KeyError(f"{symbol}: yfinance returned no prices for {start} .. {end} "
+                           "(unknown ticker, delisted, or offline)")
+        if isinstance(frame.columns, pd.MultiIndex):       # ('Close', 'AAPL') even for one ticker
+            frame = frame.xs(symbol, axis=1, level=-1) if symbol in frame.columns.get_level_values(-1) \
+                else frame.droplevel(-1, axis=1)
+        column = "Close" if "Close" in frame.columns else "Adj Close"   # auto_adjust=True: Close is adjusted
+        closes = frame[column].dropna().astype(float)
+        closes.index = pd.to_datetime(closes.index).tz_localize(None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        closes.rename("close").to_csv(path)
+        return closes.rename(symbol)
+
+
+class CsvPrices:
+    """Your own daily prices: a CSV with columns date, symbol, close (adjusted)."""
+
+    def __init__(self, path):
+        frame = pd.read_csv(path)
+        missing = {"date", "symbol", "close"} - set(c.lower() for c in frame.columns)
+        if missing:
+            raise ValueError(f"--prices_csv {path}: missing column(s) {', '.join(sorted(missing))} "
+                             "(need date, symbol, close)")
+        frame.columns = [c.lower() for c in frame.columns]
+        frame["date"] = pd.to_datetime(frame["date"])
+        self.by_symbol = {s: g.set_index("date")["close"].sort_index() for s, g in frame.groupby("symbol")}
+
+    def prices(self, symbol, start, end):
+        if symbol not in self.by_symbol:
+            raise KeyError(f"{symbol}: not in the prices CSV")
+        return self.by_symbol[symbol].loc[pd.Timestamp(start):pd.Timestamp(end)].rename(symbol)
+
+
+class LiveSource:
+    """Prices from yfinance (or a CSV), everything else from Finnhub."""
+    name = "finnhub"
+
+    def __init__(self, finnhub_data, prices):
+        self.finnhub, self.price_source = finnhub_data, prices
+
+    def prices(self, symbol, start, end):
+        return self.price_source.prices(symbol, start, end)
+
+    def profile(self, symbol):
+        return self.finnhub.profile(symbol)
+
+    def news(self, symbol, start, end):
+        return self.finnhub.news(symbol, start, end)
+
+    def financials(self, symbol):
+        return self.finnhub.financials(symbol)
+
+    def stats(self):
+        out = self.finnhub.stats()
+        if isinstance(self.price_source, YFinancePrices):
+            out["yfinance"] = {"cache_hits": self.price_source.hits, "cache_misses": self.price_source.misses}
         return out

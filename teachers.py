@@ -9,10 +9,17 @@ prompt's own content (news headlines, weekly price moves, the financials block) 
   hindsight: the analysis supports the realised label (the pipeline inserts 'Prediction: <label>').
   blind:     predicts last week's direction and size (momentum), never sees the outcome.
 """
+import os
+import threading
+
 from prompt import label_from_return
 
 _UPBEAT = ("jump", "52-week high", "new product", "expands", "partnership")
 _DOWNBEAT = ("slide", "52-week low", "falls")
+
+
+class TeacherFatalError(RuntimeError):
+    """No answer can succeed (bad key, unknown model): stop the run, keep the journal."""
 
 
 def _clip(text, limit=110):
@@ -68,4 +75,73 @@ class OfflineTeacher:
                 + "\n\n[Prediction & Analysis]:\n" + prediction_block)
 
 
-TEACHERS = {"offline": OfflineTeacher}
+# USD per 1M tokens (input, output), list prices when written; override with --price_in/--price_out.
+PRICES_PER_M_TOKENS = {
+    "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00), "gpt-4.1-nano": (0.10, 0.40), "o4-mini": (1.10, 4.40),
+    "deepseek-chat": (0.27, 1.10),
+}
+CHARS_PER_TOKEN = 4.0          # rough English average, for estimates only
+EXPECTED_ANSWER_TOKENS = 550   # public dataset answers: 1.3k-3.1k characters
+
+
+def estimate_cost(requests, model, max_tokens, price_in=None, price_out=None):
+    """(prompt tokens, completion tokens, USD or None) estimated before any call."""
+    prompt_tokens = int(sum(len(r["system"]) + len(r["user"]) for r in requests) / CHARS_PER_TOKEN)
+    completion_tokens = len(requests) * min(max_tokens, EXPECTED_ANSWER_TOKENS)
+    table = PRICES_PER_M_TOKENS.get(model)
+    p_in = price_in if price_in is not None else (table[0] if table else None)
+    p_out = price_out if price_out is not None else (table[1] if table else None)
+    cost = None if p_in is None or p_out is None else (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
+    return prompt_tokens, completion_tokens, cost
+
+
+def openai_api_key():
+    """OPENAI_API_KEY, or upstream's OPENAI_KEY."""
+    return os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_KEY")
+
+
+class OpenAITeacher:
+    """Any OpenAI-compatible chat server (OpenAI, vLLM, Ollama, llama.cpp server) via the openai client.
+    Thread-safe: data_pipeline runs several requests at once. A truncated answer (finish_reason
+    'length') raises, so the pipeline retries it instead of keeping half an answer."""
+    name = "openai"
+
+    def __init__(self, model, base_url=None, api_key=None, temperature=0.7, max_tokens=1024,
+                 timeout_s=120.0, max_retries=3, http_client=None):
+        from openai import OpenAI
+        api_key = api_key or openai_api_key()
+        if not api_key:
+            raise ValueError("the openai teacher needs a key: set OPENAI_API_KEY (or OPENAI_KEY) in the "
+                             "environment or .env; local servers accept any non-empty value")
+        self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        self.client = OpenAI(api_key=api_key, base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+                             timeout=timeout_s, max_retries=max_retries, http_client=http_client)
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+        self._lock = threading.Lock()
+
+    def answer(self, request):
+        import openai
+        try:
+            response = self._create(request)
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
+            raise TeacherFatalError(f"teacher {self.model}: {type(exc).__name__} — check the key, "
+                                    f"--teacher_base_url and --teacher_model ({exc.status_code})") from None
+        with self._lock:
+            self.usage["requests"] += 1
+            if response.usage:
+                self.usage["prompt_tokens"] += response.usage.prompt_tokens or 0
+                self.usage["completion_tokens"] += response.usage.completion_tokens or 0
+        choice = response.choices[0]
+        if choice.finish_reason == "length":
+            raise ValueError(f"truncated answer (hit max_tokens={self.max_tokens})")
+        return choice.message.content or ""
+
+    def _create(self, request):
+        return self.client.chat.completions.create(
+            model=self.model, temperature=self.temperature, max_tokens=self.max_tokens,
+            messages=[{"role": "system", "content": request["system"]},
+                      {"role": "user", "content": request["user"]}])
+
+
+TEACHERS = {"offline": OfflineTeacher, "openai": OpenAITeacher}

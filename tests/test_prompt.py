@@ -191,3 +191,11 @@ def test_docstring_examples_hold():
     import indices
     for module in (P, indices):
         assert doctest.testmod(module).failed == 0
+
+
+def test_insert_prediction_replaces_a_guessed_prediction_and_refuses_a_missing_header():
+    text = P.insert_prediction("[Positive Developments]:\n1. a\n\n[Potential Concerns]:\n1. b\n\n"
+                               "**Prediction & Analysis:**\nPrediction: Down by 1-2%\nAnalysis: meh", "up by 0-1%")
+    assert text.endswith("[Prediction & Analysis]:\nPrediction: Up by 0-1%\nAnalysis: meh")
+    with pytest.raises(ValueError, match="no \\[Prediction & Analysis\\] header"):
+        P.insert_prediction("[Positive Developments]:\n1. a\n\n[Potential Concerns]:\n1. b\nIt rises.", "up by 0-1%")

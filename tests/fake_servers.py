@@ -1,0 +1,173 @@
+"""Fake Finnhub and OpenAI-compatible servers on 127.0.0.1 for the real clients to talk to.
+
+Each server runs in a daemon thread on a free port; behaviour is driven by plain attributes the test
+sets (scripted failures, latency, answers). Everything they serve is made up (Finnhub's terms forbid
+redistributing its data)."""
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pandas as pd
+
+
+class _Server:
+    def __init__(self):
+        handler = self._handler_class()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.handle(self, "GET")
+
+            def do_POST(self):
+                server.handle(self, "POST")
+
+        return Handler
+
+    @staticmethod
+    def send(handler, status, body, content_type="application/json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", content_type)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class FakeFinnhub(_Server):
+    """/stock/profile2, /company-news, /stock/metric, /stock/financials-reported.
+
+    `script` = list of failures for the next calls: 429, 500, "malformed", ("sleep", seconds).
+    `fail_every` = (n, status): every n-th call fails with status. News: `news_per_day` items for each
+    weekday (none in `quiet_weeks`), newest first, at most `news_cap` per response."""
+
+    def __init__(self, symbols=("AAA", "BBB"), news_per_day=2, news_cap=250):
+        super().__init__()
+        self.symbols = set(symbols)
+        self.news_per_day, self.news_cap = news_per_day, news_cap
+        self.quiet_weeks = set()
+        self.script, self.fail_every = [], None
+        self.calls, self.tokens, self.n = Counter(), set(), 0
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def handle(self, h, method):
+        parsed = urlparse(h.path)
+        params = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+        path = "/" + parsed.path.split("/api/v1", 1)[-1].lstrip("/")
+        with self.lock:
+            self.n += 1
+            self.calls[path] += 1
+            self.tokens.add(params.get("token"))
+            failure = self.script.pop(0) if self.script else None
+            if failure is None and self.fail_every and self.n % self.fail_every[0] == 0:
+                failure = self.fail_every[1]
+        if isinstance(failure, tuple) and failure[0] == "sleep":
+            time.sleep(failure[1])
+        elif failure == "malformed":
+            return self.send(h, 200, b"{not json", "application/json")
+        elif isinstance(failure, int):
+            return self.send(h, failure, {"error": "scripted failure"})
+        symbol = params.get("symbol", "")
+        if path == "/stock/profile2":
+            body = {} if symbol not in self.symbols else {
+                "name": f"{symbol} Holdings", "finnhubIndustry": "Widgets", "ipo": "2001-02-03",
+                "country": "US", "exchange": "NASDAQ", "currency": "USD", "ticker": symbol,
+                "marketCapitalization": 123456.0, "shareOutstanding": 999.0}
+        elif path == "/company-news":
+            body = self.news(symbol, params["from"], params["to"])
+        elif path == "/stock/metric":
+            body = self.metrics(symbol)
+        elif path == "/stock/financials-reported":
+            body = {"symbol": symbol, "data": [{"endDate": "2023-09-30 00:00:00", "filedDate": "2023-10-27 00:00:00",
+                                                "quarter": 3, "year": 2023}]}
+        else:
+            return self.send(h, 404, {"error": "no such endpoint"})
+        self.send(h, 200, body)
+
+    def news(self, symbol, start, end):
+        if symbol not in self.symbols:
+            return []
+        items = []
+        for day in pd.bdate_range(start, end):
+            sunday = (day - pd.Timedelta(days=(day.dayofweek + 1) % 7)).strftime("%Y-%m-%d")
+            if sunday in self.quiet_weeks:
+                continue
+            for k in range(self.news_per_day):
+                items.append({"datetime": int(day.timestamp()) + 3600 * (10 + k), "headline":
+                              f"{symbol} headline {day.date()} #{k}", "summary": f"Made-up summary {k}.",
+                              "source": "fake", "url": "http://127.0.0.1/none"})
+        items.sort(key=lambda n: -n["datetime"])
+        return items[: self.news_cap]
+
+    @staticmethod
+    def metrics(symbol):
+        quarters = ["2023-03-31", "2023-06-30", "2023-09-30", "2023-12-31", "2024-03-31"]
+        return {"symbol": symbol, "metric": {}, "series": {
+            "quarterly": {"eps": [{"period": q, "v": 1.0 + i / 10} for i, q in enumerate(quarters)],
+                          "currentRatio": [{"period": q, "v": 1.5} for q in quarters]},
+            "annual": {"eps": [{"period": "2022-12-31", "v": 4.0}, {"period": "2023-12-31", "v": 4.4}]}}}
+
+
+GOOD_ANSWER = ("[Positive Developments]:\n1. Orders grew.\n2. New product.\n\n[Potential Concerns]:\n"
+               "1. Costs rose.\n\n[Prediction & Analysis]:\nThe balance of news supports the move.")
+
+
+class FakeOpenAI(_Server):
+    """POST /v1/chat/completions. `answers` = list of contents to return in order before falling back
+    to `default_answer`; `delay_s` per request. Counts requests per prompt (hash of the user message)."""
+
+    def __init__(self, default_answer=GOOD_ANSWER, delay_s=0.0):
+        super().__init__()
+        self.default_answer, self.delay_s = default_answer, delay_s
+        self.answers, self.asked, self.auth = [], Counter(), set()
+        self.finish_reasons = []
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def handle(self, h, method):
+        length = int(h.headers.get("Content-Length") or 0)
+        body = json.loads(h.rfile.read(length) or b"{}")
+        user = body["messages"][-1]["content"]
+        with self.lock:
+            self.asked[hashlib.sha256(user.encode()).hexdigest()] += 1
+            self.auth.add(h.headers.get("Authorization"))
+            content = self.answers.pop(0) if self.answers else self.default_answer
+            finish = self.finish_reasons.pop(0) if self.finish_reasons else "stop"
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.send(h, 200, {
+            "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
+                      "total_tokens": (len(user) + len(content)) // 4}})
