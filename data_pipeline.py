@@ -148,6 +148,70 @@ def default_cutoffs(prediction_starts, val_fraction=VAL_FRACTION, test_fraction=
 # ---------------------------------------------------------------------------------------------
 # Records: one per (symbol, prediction week)
 # ---------------------------------------------------------------------------------------------
+def assemble_record(symbol, profile, past_windows, news, quarters, target, max_news_per_week, rng,
+                    lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4):
+    """One prompt record: the past windows with their sampled news, the financials available before
+    the target week, and provenance dates. `target` = {start, end, start_price, start_price_date,
+    weekly_return (None when the week has not happened yet)}."""
+    past = []
+    for w in past_windows:
+        week = {k: w[k] for k in ("start", "end", "start_price", "end_price")}
+        week["news"] = select_news(news, w["start"], w["end"], max_news_per_week, rng)
+        past.append(week)
+    curday = target["start"]
+    fin = latest_financials(quarters, curday, lag_days, lag_days_q4)
+    shown = [n["date"] for w in past for n in w["news"]]
+    prof = dict(profile)
+    if prof.get("shares_outstanding"):   # point-in-time market cap = price x shares (millions)
+        prof["market_cap"] = target["start_price"] * prof["shares_outstanding"]
+    r = target.get("weekly_return")
+    return {
+        "symbol": symbol, "curday": curday, "period": f"{target['start']} to {target['end']}",
+        "profile": prof, "weeks": past, "financials": fin,
+        "as_of": target["start_price_date"] if prof.get("market_cap") else None,
+        "weekly_return": r, "label": P.label_from_return(r) if r is not None else None,
+        # provenance dates, checked by the leak tests
+        "prediction_start": target["start"], "prediction_end": target["end"],
+        "price_asof": target["start_price_date"],
+        "news_first": min(shown) if shown else "", "news_last": max(shown) if shown else "",
+        "financials_period": fin["period"] if fin else "",
+        "financials_available": fin["available"] if fin else "",
+    }
+
+
+def live_record(source, symbol, date, n_weeks=3, use_basics=False, max_news_per_week=MAX_NEWS_PER_WEEK,
+                seed=SEED, lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4):
+    """A prompt record for forecasting the week after `date` (the live demo): the prediction week starts
+    on the first Sunday on or after `date`, and the prompt holds the `n_weeks` weeks before it. The
+    realised label is filled in when the source already has prices for that week (historical dates)."""
+    day = pd.Timestamp(date)
+    curday = day if day.day_of_week == 6 else day + pd.offsets.Week(weekday=6)
+    first_sunday = curday - pd.Timedelta(weeks=n_weeks)
+    profile = source.profile(symbol)
+    closes = source.prices(symbol, first_sunday - pd.Timedelta(days=10), curday + pd.Timedelta(days=7))
+    if closes is None or closes.dropna().empty:
+        raise KeyError(f"{symbol}: no prices before {_date(curday)}")
+    weeks = weekly_windows(closes, first_sunday, curday + pd.Timedelta(days=7))
+    past = [w for w in weeks if w["end"] <= _date(curday)][-n_weeks:]
+    if not past:
+        raise KeyError(f"{symbol}: no complete week of prices before {_date(curday)}")
+    realised = next((w for w in weeks if w["start"] == _date(curday)), None)
+    target = realised or {"start": _date(curday), "end": _date(curday + pd.Timedelta(days=7)),
+                          "start_price": past[-1]["end_price"], "start_price_date": past[-1]["end_price_date"],
+                          "weekly_return": None}
+    news = source.news(symbol, past[0]["start"], _date(curday))
+    quarters = source.financials(symbol) if use_basics else []
+    rng = random.Random(f"{seed}|{symbol}|{_date(curday)}")
+    return assemble_record(symbol, profile, past, news, quarters, target, max_news_per_week, rng,
+                           lag_days, lag_days_q4)
+
+
+def inference_prompt(record):
+    """The stored (Llama-2-wrapped) prompt of a record, with the neutral instruction."""
+    user = P.render_prompt(record, P.neutral_instruction(record["symbol"], record["curday"], record["period"]))
+    return P.wrap_public_prompt(P.SYSTEM_PROMPT, user)
+
+
 def build_records(source, symbols, start, end, *, min_past_weeks=MIN_PAST_WEEKS,
                   max_past_weeks=MAX_PAST_WEEKS, max_news_per_week=MAX_NEWS_PER_WEEK,
                   lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4, seed=SEED,
@@ -179,30 +243,8 @@ def build_records(source, symbols, start, end, *, min_past_weeks=MIN_PAST_WEEKS,
                 continue
             rng = random.Random(f"{seed}|{symbol}|{target['start']}")
             n_past = rng.randint(min_past_weeks, min(max_past_weeks, i))
-            past = []
-            for w in weeks[i - n_past:i]:
-                week = {k: w[k] for k in ("start", "end", "start_price", "end_price")}
-                week["news"] = select_news(news, w["start"], w["end"], max_news_per_week, rng)
-                past.append(week)
-            curday = target["start"]
-            fin = latest_financials(quarters, curday, lag_days, lag_days_q4)
-            shown = [n["date"] for w in past for n in w["news"]]
-            prof = dict(profile)
-            if prof.get("shares_outstanding"):   # point-in-time market cap = price x shares (millions)
-                prof["market_cap"] = target["start_price"] * prof["shares_outstanding"]
-            records.append({
-                "symbol": symbol, "curday": curday, "period": f"{target['start']} to {target['end']}",
-                "profile": prof, "weeks": past, "financials": fin,
-                "as_of": target["start_price_date"] if prof.get("market_cap") else None,
-                "weekly_return": target["weekly_return"],
-                "label": P.label_from_return(target["weekly_return"]),
-                # provenance dates, checked by the leak tests
-                "prediction_start": target["start"], "prediction_end": target["end"],
-                "price_asof": target["start_price_date"],
-                "news_first": min(shown) if shown else "", "news_last": max(shown) if shown else "",
-                "financials_period": fin["period"] if fin else "",
-                "financials_available": fin["available"] if fin else "",
-            })
+            records.append(assemble_record(symbol, profile, weeks[i - n_past:i], news, quarters, target,
+                                           max_news_per_week, rng, lag_days, lag_days_q4))
     return records, errors
 
 
@@ -304,9 +346,8 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
 # Rows, splits, saving
 # ---------------------------------------------------------------------------------------------
 def to_row(record, answer, mode, source_name):
-    user = P.render_prompt(record, P.neutral_instruction(record["symbol"], record["curday"], record["period"]))
     return {
-        "prompt": P.wrap_public_prompt(P.SYSTEM_PROMPT, user), "answer": answer,
+        "prompt": inference_prompt(record), "answer": answer,
         "period": record["period"], "label": record["label"], "symbol": record["symbol"],
         "id": f"{record['symbol']}|{record['period']}", "weekly_return": record["weekly_return"],
         "prediction_start": record["prediction_start"], "prediction_end": record["prediction_end"],

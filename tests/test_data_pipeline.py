@@ -194,3 +194,20 @@ def test_offline_answers_stay_short_enough_for_a_1024_token_demo(sample_build):
     dd = load_forecast_dataset(sample_build)
     assert max(len(a) for a in dd["train"]["answer"]) < 900     # ~200 tokens at ~4.5 chars/token
     assert max(len(p) for p in dd["train"]["prompt"]) < 4200
+
+
+def test_live_record_forecasts_the_week_after_a_date_from_past_information_only():
+    source = SampleSource()
+    rec = dp.live_record(source, "AAPL", "2012-05-03", n_weeks=3, use_basics=True)
+    assert rec["curday"] == "2012-05-06" and rec["period"] == "2012-05-06 to 2012-05-13"
+    assert len(rec["weeks"]) == 3 and rec["weeks"][-1]["end"] == "2012-05-06"
+    assert rec["news_last"] < "2012-05-06" and rec["price_asof"] <= "2012-05-06"
+    assert rec["financials_available"] < "2012-05-06" and rec["label"]       # history: label known
+    prompt = dp.inference_prompt(rec)
+    assert "next week (2012-05-06 to 2012-05-13)" in prompt
+    assert dp.live_record(source, "AAPL", "2012-05-03")["financials"] is None   # --use_basics off
+
+
+def test_live_record_for_a_week_beyond_the_data_has_no_label():
+    rec = dp.live_record(SampleSource(), "IBM", "2013-02-28", n_weeks=2)
+    assert rec["label"] is None and rec["weekly_return"] is None and len(rec["weeks"]) == 2
