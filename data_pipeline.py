@@ -496,16 +496,24 @@ def resolve_symbols(args):
     return list(dict.fromkeys(symbols))
 
 
-def make_source(args):
-    if args.source == "sample":
+def open_source(name, prices_csv=None, cache_dir=None, calls_per_minute=FINNHUB_CALLS_PER_MINUTE,
+                backoff_s=1.0, seed=SEED):
+    """A source by name: 'sample' (offline) or 'finnhub' (Finnhub + yfinance or a prices CSV)."""
+    if name == "sample":
         from sources import SampleSource
-        return SampleSource(seed=args.seed)
+        return SampleSource(seed=seed)
+    if name != "finnhub":
+        raise ValueError(f"unknown source {name!r}; choose sample or finnhub")
     from sources import CsvPrices, FinnhubData, LiveSource, YFinancePrices
-    finnhub_data = FinnhubData(os.environ.get("FINNHUB_KEY"), cache_dir=args.cache_dir,
-                               calls_per_minute=args.finnhub_calls_per_minute,
-                               backoff_s=args.finnhub_backoff_s)
-    prices = CsvPrices(args.prices_csv) if args.prices_csv else YFinancePrices(cache_dir=args.cache_dir)
+    finnhub_data = FinnhubData(os.environ.get("FINNHUB_KEY"), cache_dir=cache_dir,
+                               calls_per_minute=calls_per_minute, backoff_s=backoff_s)
+    prices = CsvPrices(prices_csv) if prices_csv else YFinancePrices(cache_dir=cache_dir)
     return LiveSource(finnhub_data, prices)
+
+
+def make_source(args):
+    return open_source(args.source, args.prices_csv, args.cache_dir, args.finnhub_calls_per_minute,
+                       args.finnhub_backoff_s, args.seed)
 
 
 def make_teacher(args):

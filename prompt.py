@@ -375,31 +375,42 @@ class ParsedAnswer:
 
 _THINK_RE = re.compile(r"<think>.*?</think>", re.S | re.I)
 _HEADER_PATTERNS = {
-    "positive": r"positive\s+developments?",
-    "concerns": r"potential\s+concerns?|concerns",
-    "analysis": r"prediction\s*(?:&|and)\s*analysis|summary\s+analysis|prediction",
+    "positive": r"(?:key\s+|main\s+)?positive\s+developments?",
+    "concerns": r"(?:potential|key|main)\s+concerns?|concerns",
+    "analysis": r"prediction\s*(?:&|and)\s*analysis|analysis\s*(?:&|and)\s*prediction|summary\s+analysis",
 }
-# a header alone at the start of a line, in [..]:, ### .., **..** or bare 'Header:' form
-_HEADER_LINE = (r"^[ \t]*(?:#{{1,6}}[ \t]*)?(?:\*\*|__)?[ \t]*\[?[ \t]*(?:\*\*)?(?P<h>{pat})(?:\*\*)?[ \t]*\]?"
-                r"[ \t]*(?:\*\*|__)?[ \t]*:?[ \t]*(?:\*\*|__)?[ \t]*(?=\n|$)")
-_UP_WORDS = r"up|upward|increase[sd]?|rise|rising|rises|gain|gains|higher|bullish|positive|grow"
-_DOWN_WORDS = r"down|downward|decrease[sd]?|decline[sd]?|declining|fall|falls|falling|drop|drops|lower|bearish|negative"
+_BARE_ANALYSIS = r"prediction"      # only as a header alone on its line: 'Prediction: Up...' is content
+_COLON = r"[:：]"                     # full-width colon from Chinese-trained models (Qwen)
+# a header at the start of a line in [..]:, ### .., 1. .., **..** or bare 'Header:' form
+_HEADER_PREFIX = r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\d+[.)][ \t]*)?(?:\*\*|__)?[ \t]*\[?[ \t]*(?:\*\*)?"
+_HEADER_ALONE = (r"(?:\*\*)?[ \t]*\]?[ \t]*(?:\*\*|__)?[ \t]*" + _COLON + r"?[ \t]*(?:\*\*|__)?[ \t]*(?=\n|$)")
+_HEADER_INLINE = (r"(?:\*\*)?[ \t]*\]?[ \t]*(?:\*\*|__)?[ \t]*" + _COLON + r"[ \t]*(?:\*\*|__)?[ \t]*(?=\S)")
+_UP_WORDS = r"up|upward|increase[sd]?|rise|rising|rises|gain|gains|higher|bullish|positive|grow|climb"
+_DOWN_WORDS = (r"down|downward|decrease[sd]?|decline[sd]?|declining|fall|falls|falling|drop|drops|lower|"
+               r"bearish|negative")
 _DIRECTION_RE = re.compile(rf"\b(?:(?P<up>{_UP_WORDS})|(?P<down>{_DOWN_WORDS}))\b", re.I)
+_SIGN_RE = re.compile(r"(?<![\w.])(?P<sign>[-−+])\s*\d")
 _NUM = r"(\d+(?:\.\d+)?)"
-_MORE_THAN_5_RE = re.compile(r"(?:more\s+than|over|above|greater\s+than|exceed\w*|>)\s*5(?:\.0+)?\s*%|5\s*\+\s*%|5\s*%\s*\+",
-                             re.I)
-_RANGE_RE = re.compile(rf"{_NUM}\s*%?\s*(?:-|–|—|to)\s*{_NUM}\s*%", re.I)
-_SINGLE_RE = re.compile(rf"{_NUM}\s*%")
-_PREDICTION_LINE_RE = re.compile(r"^[ \t*_#>-]*prediction[ \t*_]*:[ \t*_]*(?P<rest>.*)$", re.I | re.M)
-_UP_DOWN_BY_RE = re.compile(rf"\b(?:up|down)\s+by\s+(?:more\s+than\s+5\s*%|{_NUM}\s*(?:-|–|to)\s*{_NUM}\s*%|{_NUM}\s*%)",
-                            re.I)
+_PCT = r"\s*(?:%|percent\b|pct\b)"
+_MORE_THAN_5_RE = re.compile(
+    rf"(?:more\s+than|over|above|greater\s+than|exceed\w*|>)\s*5(?:\.0+)?{_PCT}|5\s*\+{_PCT}|5{_PCT}\s*\+", re.I)
+_RANGE_RE = re.compile(rf"{_NUM}(?:{_PCT})?\s*(?:-|–|—|to)\s*[-−+]?{_NUM}{_PCT}", re.I)
+_SINGLE_RE = re.compile(rf"{_NUM}{_PCT}", re.I)
+_PREDICTION_LINE_RE = re.compile(rf"^[ \t*_#>-]*prediction[ \t*_]*{_COLON}[ \t*_]*(?P<rest>.*)$", re.I | re.M)
+_MOVE_VERBS = rf"{_UP_WORDS}|{_DOWN_WORDS}"
+_UP_DOWN_BY_RE = re.compile(
+    rf"\b(?:{_MOVE_VERBS})\w*\s+(?:by\s+)?(?:about\s+|around\s+|roughly\s+|approximately\s+)?"
+    rf"(?:more\s+than\s+5{_PCT}|{_NUM}(?:{_PCT})?\s*(?:-|–|to)\s*{_NUM}{_PCT}|{_NUM}{_PCT})", re.I)
 
 
 def _direction_of(text):
     m = _DIRECTION_RE.search(text or "")
-    if not m:
-        return None
-    return "up" if m.group("up") else "down"
+    if m:
+        return "up" if m.group("up") else "down"
+    m = _SIGN_RE.search(text or "")       # '-2% to -3%' with no direction word
+    if m:
+        return "up" if m.group("sign") == "+" else "down"
+    return None
 
 
 def _magnitude_of(text):
@@ -422,15 +433,33 @@ def _magnitude_of(text):
 
 
 def _find_headers(text):
-    """Positions of the first header line of each section, in document order."""
+    """(start, content start) of the first header of each section, in document order. Compound
+    headers may carry content on their own line after a colon; a bare 'Prediction' header may not."""
     found = {}
     for key, pat in _HEADER_PATTERNS.items():
-        rx = re.compile(_HEADER_LINE.format(pat=pat), re.I | re.M)
+        forms = [_HEADER_PREFIX + f"(?:{pat})" + _HEADER_ALONE, _HEADER_PREFIX + f"(?:{pat})" + _HEADER_INLINE]
+        if key == "analysis":
+            forms.append(_HEADER_PREFIX + _BARE_ANALYSIS + _HEADER_ALONE)
         start = found.get("concerns", (0, 0))[1] if key == "analysis" else 0
-        m = rx.search(text, start)
-        if m:
+        matches = [m for m in (re.compile(f, re.I | re.M).search(text, start) for f in forms) if m]
+        if matches:
+            m = min(matches, key=lambda m: m.start())
             found[key] = (m.start(), m.end())
     return found
+
+
+def _prediction_phrase(scope):
+    m = _PREDICTION_LINE_RE.search(scope)
+    phrase = m.group("rest").strip() if m and m.group("rest").strip() else ""
+    if phrase:
+        return phrase
+    m2 = _UP_DOWN_BY_RE.search(scope)
+    if m2:
+        return m2.group(0)
+    if m:  # 'Prediction:' then the verdict on the next line
+        following = scope[m.end():].strip().splitlines()
+        return following[0] if following else ""
+    return ""
 
 
 def parse_answer(text):
@@ -446,7 +475,10 @@ def parse_answer(text):
     """
     result = ParsedAnswer()
     text = _THINK_RE.sub("", text or "")
-    text = re.sub(r"^.*?</think>", "", text, flags=re.S | re.I) if "</think>" in text.lower() else text
+    if "</think>" in text.lower():      # the opening tag was in the prompt prefill
+        text = re.sub(r"^.*</think>", "", text, flags=re.S | re.I)
+    if "<think>" in text.lower():       # cut off while still thinking: nothing after it is an answer
+        text = text[:text.lower().index("<think>")]
     text = text.replace("\r\n", "\n")
     headers = _find_headers(text)
     order = sorted(headers.items(), key=lambda kv: kv[1][0])
@@ -465,17 +497,13 @@ def parse_answer(text):
     for key in ("positive", "concerns", "analysis"):
         if not getattr(result, key):
             result.problems.append(f"missing {key} section")
-    # the prediction: a 'Prediction:' line, else an 'up/down by X%' phrase in the analysis
-    scope = result.analysis or text
-    m = _PREDICTION_LINE_RE.search(scope)
-    phrase = m.group("rest").strip() if m and m.group("rest").strip() else ""
-    if not phrase:
-        m2 = _UP_DOWN_BY_RE.search(scope)
-        if m2:
-            phrase = m2.group(0)
-        elif m:  # 'Prediction:' then the verdict on the next line
-            following = scope[m.end():].strip().splitlines()
-            phrase = following[0] if following else ""
+    # the prediction: a 'Prediction:' line, else an 'up/down by X%' phrase — in the analysis section
+    # first, then anywhere (some models state the prediction before the sections)
+    phrase = ""
+    for scope in ([result.analysis] if result.analysis else []) + [text]:
+        phrase = _prediction_phrase(scope)
+        if phrase:
+            break
     result.prediction = phrase.strip(" *_")
     result.direction = _direction_of(result.prediction)
     if result.direction is None:

@@ -1,0 +1,148 @@
+"""Throughput of inference.py's batched generation against one-at-a-time `generate` (upstream's pattern).
+
+    python bench/eval_throughput.py                                   # CPU: embedded model, 32 sample prompts
+    python bench/eval_throughput.py --dtype bf16 --n 16 --max_new_tokens 32
+    python bench/eval_throughput.py --gpu                             # GPU: 8B architecture, random weights
+
+CPU mode runs the same HFGenerator both ways (batch_size prompts per call, length-sorted, left padding vs
+one prompt per call) on the embedded model and prints the speed-up and how many texts agree exactly
+(greedy; in fp32 they should all agree, in bf16 left padding shifts the numerics, so it is reported).
+GPU mode builds the Llama-3.1-8B architecture with random weights (nothing can be downloaded there),
+feeds random prompts of --prompt_tokens and forces --new_tokens per answer; one-at-a-time is timed on
+--single_n prompts and extrapolated to --n. Record results in BENCHMARKS.md.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# ---------------------------------------------------------------------------------------------
+# Defaults (CLI flags mirror these one to one)
+# ---------------------------------------------------------------------------------------------
+DATASET = "data/sample-demo"      # make demo builds it (data_pipeline.py --source sample)
+SPLIT = "test"
+N = 32                            # CPU: prompts; GPU: the 300 x (3k in / 500 out) workload of the issue
+BATCH_SIZE = 8
+MAX_NEW_TOKENS = 64               # CPU: enough to time decoding; answers are longer in real runs
+DTYPE = "fp32"
+GPU_N, GPU_BATCH_SIZE = 300, 32
+PROMPT_TOKENS, NEW_TOKENS = 3000, 500
+SINGLE_N = 4                      # GPU: one-at-a-time prompts actually timed (then extrapolated)
+GPU_MODEL = "llama3.1-8b"
+THREADS = 0                       # CPU torch threads; 0 = torch's default
+
+
+def cpu_bench(args):
+    import torch
+    import models
+    from dataset_io import DatasetError, get_split, load_forecast_dataset
+    from inference import HFGenerator, plan_batches
+    from prompt import get_style
+    from tqdm import tqdm
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows = get_split(load_forecast_dataset(args.dataset), args.split, args.dataset)
+    except DatasetError as exc:
+        print(f"Error: {exc} (build the sample with: python data_pipeline.py --source sample --teacher offline "
+              f"--out {DATASET})", file=sys.stderr)
+        return 1
+    rows = rows.select(range(min(args.n, len(rows)))).to_list()
+    model, tokenizer, spec = models.load_model("smollm2-135m", dtype=args.dtype)
+    gen = HFGenerator(model, tokenizer, get_style(spec.prompt_style), args.max_new_tokens)
+    lengths = gen.token_lengths(rows)
+    gen.generate(rows[:1])                                      # warm-up, not timed
+    t0 = time.time()
+    batched = {}
+    for batch in tqdm(plan_batches(rows, args.batch_size, lengths), desc="batched", unit="batch"):
+        for row, res in zip(batch, gen.generate(batch)):
+            batched[row["id"]] = res
+    t_batched = time.time() - t0
+    t0 = time.time()
+    single = {row["id"]: gen.generate([row])[0] for row in tqdm(rows, desc="one at a time", unit="ex")}
+    t_single = time.time() - t0
+    agree = sum(batched[i][0] == single[i][0] for i in single)
+    tok_b = sum(r[1] for r in batched.values())
+    tok_s = sum(r[1] for r in single.values())
+    print(f"embedded smollm2-135m {args.dtype}, {len(rows)} prompts (mean {sum(lengths) / len(lengths):.0f} tokens), "
+          f"max_new_tokens {args.max_new_tokens}, torch threads {torch.get_num_threads()}")
+    print(f"  one at a time : {t_single:7.1f} s  {tok_s / t_single:6.1f} tok/s")
+    print(f"  batched (bs {args.batch_size}): {t_batched:7.1f} s  {tok_b / t_batched:6.1f} tok/s")
+    print(f"speed-up {t_single / t_batched:.1f}x wall ({(tok_b / t_batched) / (tok_s / t_single):.1f}x tok/s); "
+          f"texts identical {agree}/{len(rows)}")
+    return 0
+
+
+def gpu_bench(args):
+    import torch
+    import models
+    if not torch.cuda.is_available():
+        print("Error: --gpu needs a CUDA GPU", file=sys.stderr)
+        return 1
+    torch.manual_seed(0)
+    model = models.build_random_model(args.model, dtype="bf16", device="cuda").eval()
+    vocab = model.config.vocab_size
+    prompts = torch.randint(100, vocab - 100, (args.n, args.prompt_tokens), device="cuda")
+    kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
+              "pad_token_id": 0, "eos_token_id": None}
+
+    def run(batch):
+        with torch.inference_mode():
+            out = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **kwargs)
+        return out.shape[1] - batch.shape[1]
+
+    run(prompts[:1, :64])                                     # warm-up
+    torch.cuda.synchronize()
+    t0 = time.time()
+    for k in range(args.single_n):
+        run(prompts[k:k + 1])
+    torch.cuda.synchronize()
+    per_single = (time.time() - t0) / args.single_n
+    t0 = time.time()
+    done = 0
+    for k in range(0, args.n, args.batch_size):
+        run(prompts[k:k + args.batch_size])
+        done += min(args.batch_size, args.n - k)
+        print(f"  batched {done}/{args.n} ({time.time() - t0:.0f} s)", flush=True)
+    torch.cuda.synchronize()
+    t_batched = time.time() - t0
+    gpu = torch.cuda.get_device_name(0)
+    print(f"{args.model} architecture, random weights, bf16 on {gpu}; {args.n} x ({args.prompt_tokens} in / "
+          f"{args.new_tokens} out); peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print(f"  one at a time : {per_single:.2f} s/example (timed on {args.single_n}) -> "
+          f"{per_single * args.n / 60:.1f} min for {args.n}; {args.new_tokens / per_single:.0f} tok/s")
+    print(f"  batched (bs {args.batch_size}): {t_batched / 60:.1f} min for {args.n}; "
+          f"{args.n * args.new_tokens / t_batched:.0f} tok/s")
+    print(f"speed-up {per_single * args.n / t_batched:.1f}x")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--gpu", action="store_true", help="GPU mode: 8B architecture with random weights")
+    ap.add_argument("--dataset", default=DATASET, help="CPU mode: dataset with prompts")
+    ap.add_argument("--split", default=SPLIT, help="CPU mode: split")
+    ap.add_argument("--n", type=int, default=None, help=f"prompts (default {N} CPU, {GPU_N} GPU)")
+    ap.add_argument("--batch_size", type=int, default=None,
+                    help=f"prompts per generate call (default {BATCH_SIZE} CPU, {GPU_BATCH_SIZE} GPU)")
+    ap.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="CPU mode: tokens per answer, at most")
+    ap.add_argument("--dtype", default=DTYPE, choices=("fp32", "bf16"), help="CPU mode: dtype")
+    ap.add_argument("--threads", type=int, default=THREADS, help="CPU mode: torch threads (0 = default)")
+    ap.add_argument("--model", default=GPU_MODEL, help="GPU mode: registry entry whose architecture is built")
+    ap.add_argument("--prompt_tokens", type=int, default=PROMPT_TOKENS, help="GPU mode: tokens per prompt")
+    ap.add_argument("--new_tokens", type=int, default=NEW_TOKENS, help="GPU mode: tokens generated per prompt")
+    ap.add_argument("--single_n", type=int, default=SINGLE_N, help="GPU mode: one-at-a-time prompts timed")
+    args = ap.parse_args(argv)
+    args.n = args.n or (GPU_N if args.gpu else N)
+    args.batch_size = args.batch_size or (GPU_BATCH_SIZE if args.gpu else BATCH_SIZE)
+    if args.n < 1 or args.batch_size < 1 or args.single_n < 1:
+        print("Error: --n, --batch_size and --single_n must be at least 1", file=sys.stderr)
+        return 1
+    return gpu_bench(args) if args.gpu else cpu_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""Generate forecasts: a base model (+ LoRA adapter) x a dataset split -> a run dir; or one live forecast.
+
+    python inference.py --dataset data/sample-demo --out runs/base --max_new_tokens 256
+    python inference.py --adapter outputs/demo-lora --dataset data/sample-demo --out runs/lora
+    python inference.py --backend openai --base_model gpt-4o-mini --dataset DIR --out runs/teacher
+    python inference.py --backend vllm --base_model qwen2.5-7b-instruct --adapter DIR --dataset DIR --out RUN
+    python inference.py --ticker AAPL --date 2013-01-11 --n_weeks 3 --use_basics     # live forecast
+
+A run dir holds predictions.jsonl (one line per example: id, symbol, period, label, reference, output,
+latency_s, output_tokens, hit_max_new_tokens; appended batch by batch, so a killed run resumes where it
+stopped) and run.json (model, adapter, prompt style, decoding, backend, batch size, dtype, hardware,
+versions, dataset path/split/fingerprint, wall time, tokens/s). comparison.py scores run dirs.
+
+Backends: `hf` batches prompts of similar length (sorted by token count) with left padding; greedy by
+default, so the text equals one-at-a-time greedy in fp32. `vllm` (GPU, separate environment, see
+requirements-vllm.txt) is imported only when chosen. `openai` sends (system, user) as chat messages to
+any OpenAI-compatible server (the teacher, an API model, a vLLM/Ollama server), so it is scored like
+any other run. latency_s = the batch's wall time / batch size.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from prompt import PROMPT_STYLES, PromptStyle, get_style, split_public_prompt
+
+# ---------------------------------------------------------------------------------------------
+# Defaults (CLI flags mirror these one to one)
+# ---------------------------------------------------------------------------------------------
+BASE_MODEL = "smollm2-135m"       # the embedded model: runs offline on a CPU
+SPLIT = "test"
+BACKEND = "hf"
+BATCH_SIZE = 8                    # hf: ~8x one-at-a-time on CPU (bench/eval_throughput.py); openai: parallel requests
+MAX_NEW_TOKENS = 768              # reference answers are 1.3k-3.1k characters, about 300-750 tokens
+TEMPERATURE = 0.0                 # 0 = greedy (reproducible, and batched == one-at-a-time in fp32)
+TOP_P = 1.0
+OPENAI_TIMEOUT = 300.0            # seconds per request
+OPENAI_RETRIES = 2                # the openai client's own retries (429/5xx/connection errors)
+VLLM_CHUNK = 64                   # prompts per vllm.generate call: the resume granularity
+N_WEEKS = 3                       # live forecast: past weeks in the prompt (upstream demo: 1-4)
+
+
+class InferenceError(ValueError):
+    """A user mistake or an unusable input: printed as one `Error:` line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def load_rows(dataset, split, limit=None):
+    """(rows, fingerprint, path) of a dataset split: plain dicts with id, symbol, period, label, answer,
+    prompt. `limit` keeps the first N rows in dataset order."""
+    from dataset_io import DatasetError, dataset_fingerprint, get_split, load_forecast_dataset
+    try:
+        dd = load_forecast_dataset(dataset)
+        ds = get_split(dd, split, dataset)
+    except DatasetError as exc:
+        raise InferenceError(str(exc)) from None
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    cols = ["id", "symbol", "period", "label", "answer", "prompt"]
+    path = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)
+    return ds.select_columns(cols).to_list(), dataset_fingerprint(dd), path
+
+
+def chat_parts(row):
+    """(system, user) of a dataset prompt, for re-templating in any prompt style."""
+    return split_public_prompt(row["prompt"])
+
+
+def read_done(pred_path):
+    """Ids already in predictions.jsonl. A torn last line (the run was killed mid-write) is cut off so
+    the next append starts on a clean line."""
+    if not pred_path.exists():
+        return set()
+    data = pred_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(pred_path, "r+b") as fh:
+            fh.truncate(cut)
+        data = data[:cut]
+    done = set()
+    for line in data.decode("utf-8").splitlines():
+        if line.strip():
+            done.add(json.loads(line)["id"])
+    return done
+
+
+def resume_conflicts(old, new):
+    """Settings that differ between an existing run.json and this invocation (resuming needs none)."""
+    keys = [("model",), ("adapter",), ("prompt_style",), ("backend",), ("dtype",), ("decoding",),
+            ("dataset", "split"), ("dataset", "fingerprint")]
+    out = []
+    for key in keys:
+        a, b = old, new
+        for k in key:
+            a, b = (a or {}).get(k), (b or {}).get(k)
+        if a != b:
+            out.append(f"{'.'.join(key)} {a!r} vs {b!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: each turns a list of rows into [(output text, output tokens, hit max_new_tokens)]
+# ---------------------------------------------------------------------------------------------
+class HFGenerator:
+    """Batched generation with transformers: left padding, stop at the style's end token / stop strings."""
+
+    def __init__(self, model, tokenizer, style, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE,
+                 top_p=TOP_P):
+        self.model, self.tokenizer, self.style = model.eval(), tokenizer, style
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        tokenizer.padding_side = "left"          # decoder-only: new tokens must follow the prompt directly
+        vocab = tokenizer.get_vocab()
+        self.end_ids = sorted({tokenizer.eos_token_id, *(vocab[s] for s in style.stop_strings if s in vocab)}
+                              - {None})
+        # stop strings that are not single tokens need the (slower) string matcher
+        self.text_stops = [s for s in style.stop_strings if s not in vocab]
+
+    def prompt_text(self, row):
+        return self.style.format_prompt(*chat_parts(row))
+
+    def token_lengths(self, rows):
+        return [len(self.tokenizer(self.prompt_text(r))["input_ids"]) for r in rows]
+
+    def generate(self, rows):
+        import torch
+        texts = [self.prompt_text(r) for r in rows]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.model.device)
+        kwargs = {"max_new_tokens": self.max_new_tokens, "eos_token_id": self.end_ids,
+                  "pad_token_id": self.tokenizer.pad_token_id}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.text_stops:
+            kwargs.update(stop_strings=self.text_stops, tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        ends = set(self.end_ids) | {self.tokenizer.pad_token_id}
+        results = []
+        for ids in new:
+            n = next((k for k, t in enumerate(ids) if t in ends), len(ids))
+            ended = n < len(ids)
+            if ended and ids[n] in self.end_ids:
+                n += 1                           # the end token was generated: count it
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+            stopped = False
+            for s in self.text_stops:
+                if s in text:
+                    text, stopped = text[:text.index(s)], True
+            results.append((text.strip(), n, not ended and not stopped and n >= self.max_new_tokens))
+        return results
+
+
+class OpenAIGenerator:
+    """Any OpenAI-compatible chat server; rows are sent as (system, user) messages, batch_size at a time."""
+
+    def __init__(self, model_name, base_url=None, api_key=None, max_new_tokens=MAX_NEW_TOKENS,
+                 temperature=TEMPERATURE, top_p=TOP_P, timeout=OPENAI_TIMEOUT, max_retries=OPENAI_RETRIES,
+                 concurrency=BATCH_SIZE, http_client=None):
+        from openai import OpenAI
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                             http_client=http_client)
+        self.model_name, self.max_new_tokens = model_name, max_new_tokens
+        self.temperature, self.top_p, self.concurrency = temperature, top_p, concurrency
+
+    def _one(self, row):
+        system, user = chat_parts(row)
+        try:
+            resp = self.client.chat.completions.create(
+                model=self.model_name, messages=[{"role": "system", "content": system},
+                                                 {"role": "user", "content": user}],
+                max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+        except Exception as exc:  # noqa: BLE001 - the client has many error types; the row is retried on resume
+            return exc
+        choice = resp.choices[0]
+        tokens = resp.usage.completion_tokens if resp.usage else None
+        return (choice.message.content or "").strip(), tokens, choice.finish_reason == "length"
+
+    def generate(self, rows):
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(rows)))) as pool:
+            return list(pool.map(self._one, rows))
+
+
+class VLLMGenerator:
+    """vLLM offline engine (GPU), with the adapter as a LoRARequest. Imported only when chosen."""
+
+    def __init__(self, source, style, adapter=None, dtype=None, max_new_tokens=MAX_NEW_TOKENS,
+                 temperature=TEMPERATURE, top_p=TOP_P, lora_rank=64):
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.lora.request import LoRARequest
+        except ImportError:
+            raise InferenceError("--backend vllm needs vLLM: install requirements-vllm.txt in its own "
+                                 "environment on a GPU machine and run inference.py with that python") from None
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, "auto")
+        self.llm = LLM(model=source, dtype=dtype, enable_lora=adapter is not None, max_lora_rank=lora_rank)
+        self.params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                     stop=list(style.stop_strings) or None)
+        self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
+        self.style = style
+
+    def generate(self, rows):
+        prompts = [self.style.format_prompt(*chat_parts(r)) for r in rows]
+        outs = self.llm.generate(prompts, self.params, lora_request=self.lora)
+        return [(o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "length")
+                for o in outs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model + style resolution
+# ---------------------------------------------------------------------------------------------
+def adapter_base_model(adapter):
+    """The base model an adapter records (registry name or hub id), or None."""
+    try:
+        return json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_style(adapter, spec_style, override=None):
+    """Prompt style: --prompt_style, else the adapter's saved prompt_style.json, else the model's."""
+    if override:
+        return get_style(override)
+    if adapter and (Path(adapter) / "prompt_style.json").exists():
+        return PromptStyle.load(adapter)
+    return get_style(spec_style)
+
+
+def load_hf(args):
+    """(model, tokenizer, style, dtype name, model name) for the hf backend."""
+    import models
+    try:
+        model, tokenizer, spec = models.load_model(args.base_model, dtype=args.dtype, load_in_8bit=args.load_in_8bit,
+                                                   load_in_4bit=args.load_in_4bit, cache_dir=args.cache_dir,
+                                                   device_map="auto" if _cuda() else None)
+    except models.ModelError as exc:
+        raise InferenceError(str(exc)) from None
+    if args.adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, args.adapter)
+    style = resolve_style(args.adapter, spec.prompt_style, args.prompt_style)
+    dtype = args.dtype or models.default_dtype()
+    return model, tokenizer, style, dtype, spec.name
+
+
+def _cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def environment():
+    try:
+        import models
+        return models.environment_info()
+    except Exception as exc:  # noqa: BLE001 - a manifest detail must not stop a run
+        import platform
+        return {"python": platform.python_version(), "error": f"{type(exc).__name__}: {exc}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def plan_batches(rows, batch_size, lengths=None):
+    """Batches of rows, longest prompts first, so each batch pads little and memory trouble shows at once."""
+    order = sorted(range(len(rows)), key=lambda i: -lengths[i]) if lengths else list(range(len(rows)))
+    return [[rows[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+
+
+def run_dataset(generator, rows, out, manifest, batch_size, overwrite=False, lengths_fn=None, progress=True):
+    """Generate for every row not yet in out/predictions.jsonl; write run.json. Returns a summary dict."""
+    from tqdm import tqdm
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path, manifest_path = out / "predictions.jsonl", out / "run.json"
+    if overwrite:
+        pred_path.unlink(missing_ok=True)
+    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() and pred_path.exists() else None
+    if previous:
+        conflicts = resume_conflicts(previous, manifest)
+        if conflicts:
+            raise InferenceError(f"{out} holds a run made with other settings ({'; '.join(conflicts)}); "
+                                 "pass another --out, or --overwrite to start it again")
+    done = read_done(pred_path)
+    todo = [r for r in rows if r["id"] not in done]
+    prior_wall = (previous or {}).get("wall_time_s") or 0.0
+    manifest = dict(manifest, n=len(rows), status="running")
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    t0, failed = time.time(), []
+    batches = plan_batches(todo, batch_size, lengths_fn(todo) if lengths_fn and todo else None)
+    bar = tqdm(total=len(todo), unit="ex", desc="generating", disable=not progress)
+    with open(pred_path, "a", encoding="utf-8") as fh:
+        for batch in batches:
+            tb = time.time()
+            results = generator.generate(batch)
+            latency = (time.time() - tb) / len(batch)
+            for row, res in zip(batch, results):
+                if isinstance(res, Exception):
+                    failed.append(f"{row['id']}: {type(res).__name__}: {str(res)[:200]}")
+                    continue
+                text, tokens, hit_max = res
+                fh.write(json.dumps({"id": row["id"], "symbol": row["symbol"], "period": row["period"],
+                                     "label": row["label"], "reference": row["answer"], "output": text,
+                                     "latency_s": round(latency, 4), "output_tokens": tokens,
+                                     "hit_max_new_tokens": bool(hit_max)}, ensure_ascii=False) + "\n")
+            fh.flush()
+            bar.update(len(batch))
+    bar.close()
+    written = [json.loads(line) for line in pred_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokens = sum(p["output_tokens"] or 0 for p in written)
+    gen_time = sum(p["latency_s"] for p in written)
+    manifest.update(status="complete" if len(written) >= len(rows) else "partial",
+                    completed=len(written), wall_time_s=round(prior_wall + time.time() - t0, 2),
+                    tokens_per_s=round(tokens / gen_time, 2) if gen_time else None)
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return {"written": len(written), "new": len(todo) - len(failed), "resumed": len(done), "failed": failed,
+            "hit_max": sum(p["hit_max_new_tokens"] for p in written), "tokens_per_s": manifest["tokens_per_s"],
+            "wall": time.time() - t0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Live forecast
+# ---------------------------------------------------------------------------------------------
+def build_live_prompt(ticker, date, n_weeks=N_WEEKS, use_basics=False, source="sample"):
+    """The prompt for forecasting `ticker`'s week after `date`, from data_pipeline.py's sources.
+
+    Returns {"system": str, "user": str, "info": str (the information block to print), "period": str}.
+    The prediction week starts on the first Sunday on or after `date`; the prompt holds the `n_weeks`
+    weeks before it (financials only with use_basics), built by data_pipeline.py's shared record code.
+    """
+    from dotenv import load_dotenv
+
+    import data_pipeline
+    from prompt import SYSTEM_PROMPT, neutral_instruction, render_prompt
+    load_dotenv()
+    record = data_pipeline.live_record(data_pipeline.open_source(source), ticker.upper(), date, n_weeks=n_weeks,
+                                       use_basics=use_basics)
+    instruction = neutral_instruction(record["symbol"], record["curday"], record["period"])
+    user = render_prompt(record, instruction)
+    info = user[: -len(instruction)].rstrip()
+    outcome = (f"Realised: {record['label']} ({record['weekly_return'] * 100:+.2f}%)" if record["label"]
+               else "Realised: not known yet")
+    return {"system": SYSTEM_PROMPT, "user": user, "period": record["period"],
+            "info": f"{info}\n\nForecast for {record['symbol']}, week {record['period']}. {outcome}"}
+
+
+def live_forecast(args):
+    try:
+        live = build_live_prompt(args.ticker, args.date, args.n_weeks, args.use_basics, args.source)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise InferenceError(f"--ticker {args.ticker}: {exc.args[0] if exc.args else exc}") from None
+    print(live["info"])
+    row = {"id": f"{args.ticker}|{live.get('period', args.date)}", "prompt": None}
+    if args.backend == "openai":
+        gen = OpenAIGenerator(args.base_model, args.base_url, _api_key(args), args.max_new_tokens, args.temperature,
+                              args.top_p)
+        result = gen._one({**row, "prompt": _wrap(live)})
+    else:
+        model, tokenizer, style, _, _ = load_hf(args)
+        result = HFGenerator(model, tokenizer, style, args.max_new_tokens, args.temperature, args.top_p).generate(
+            [{**row, "prompt": _wrap(live)}])[0]
+    if isinstance(result, Exception):
+        raise InferenceError(f"the model server failed: {result}")
+    print("\n" + result[0])
+    return 0
+
+
+def _wrap(live):
+    from prompt import wrap_public_prompt
+    return wrap_public_prompt(live["system"], live["user"])
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--base_model", default=None, help=f"registry name, hub id or folder; with --backend openai "
+                    f"the served model name (default: the adapter's base model, else {BASE_MODEL})")
+    ap.add_argument("--adapter", default=None, help="LoRA adapter folder (its prompt_style.json is used)")
+    ap.add_argument("--prompt_style", default=None, choices=sorted(PROMPT_STYLES),
+                    help="override the adapter's / model's prompt style")
+    ap.add_argument("--dataset", default=None, help="dataset folder, .jsonl/.parquet file or hub id")
+    ap.add_argument("--split", default=SPLIT, help="dataset split")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N examples of the split")
+    ap.add_argument("--out", default=None, help="run dir: predictions.jsonl + run.json (resumes if present)")
+    ap.add_argument("--overwrite", action="store_true", help="start the run dir again instead of resuming")
+    ap.add_argument("--backend", default=BACKEND, choices=("hf", "vllm", "openai"), help="generation backend")
+    ap.add_argument("--batch_size", type=int, default=BATCH_SIZE,
+                    help="prompts per generate call (openai: parallel requests)")
+    ap.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="tokens per answer, at most")
+    ap.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 = greedy")
+    ap.add_argument("--top_p", type=float, default=TOP_P, help="nucleus sampling mass (with --temperature > 0)")
+    ap.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
+                    help="weights/compute dtype (default: bf16 where supported, else fp16/fp32)")
+    ap.add_argument("--load_in_8bit", action="store_true", help="bitsandbytes 8-bit weights (CUDA)")
+    ap.add_argument("--load_in_4bit", action="store_true", help="bitsandbytes 4-bit nf4 weights (CUDA)")
+    ap.add_argument("--cache_dir", default=None, help="model cache folder")
+    ap.add_argument("--base_url", default=None, help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1 "
+                    "(default: $OPENAI_BASE_URL, else api.openai.com)")
+    ap.add_argument("--timeout", type=float, default=OPENAI_TIMEOUT, help="openai backend: seconds per request")
+    ap.add_argument("--max_retries", type=int, default=OPENAI_RETRIES, help="openai backend: retries per request")
+    ap.add_argument("--ticker", default=None, help="live forecast: ticker symbol")
+    ap.add_argument("--date", default=None, help="live forecast: YYYY-MM-DD, forecast the week after it")
+    ap.add_argument("--n_weeks", type=int, default=N_WEEKS, help="live forecast: past weeks in the prompt")
+    ap.add_argument("--use_basics", action="store_true", help="live forecast: include basic financials")
+    ap.add_argument("--source", default="sample", choices=["sample", "finnhub"],
+                    help="live forecast: data source (sample = offline; finnhub = Finnhub + yfinance, needs FINNHUB_KEY)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap.parse_args(argv)
+
+
+def _api_key(args):
+    return os.environ.get("OPENAI_API_KEY") or ("local" if (args.base_url or os.environ.get("OPENAI_BASE_URL")) else None)
+
+
+def validate_args(args):
+    problems = []
+    live = args.ticker or args.date
+    if live and not (args.ticker and args.date):
+        problems.append("--ticker and --date go together")
+    if not live:
+        if not args.dataset:
+            problems.append("--dataset is required (or --ticker/--date for a live forecast)")
+        if not args.out:
+            problems.append("--out is required: the run dir to write")
+    if args.batch_size < 1:
+        problems.append(f"--batch_size {args.batch_size}: must be at least 1")
+    if args.max_new_tokens < 1:
+        problems.append(f"--max_new_tokens {args.max_new_tokens}: must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        problems.append(f"--limit {args.limit}: must be at least 1")
+    if args.temperature < 0:
+        problems.append(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
+    if not 0 < args.top_p <= 1:
+        problems.append(f"--top_p {args.top_p}: must be in (0, 1]")
+    if args.adapter:
+        if not (Path(args.adapter) / "adapter_config.json").is_file():
+            problems.append(f"--adapter {args.adapter}: no adapter_config.json there (a train_lora.py output dir)")
+        if args.backend == "openai":
+            problems.append("--adapter does not apply to --backend openai (serve the adapter on the server)")
+    if args.backend == "openai":
+        if not args.base_model:
+            problems.append("--backend openai needs --base_model: the model name the server serves")
+        if not _api_key(args):
+            problems.append("--backend openai needs OPENAI_API_KEY (any string for a local server) or --base_url")
+    if args.backend != "hf" and (args.load_in_8bit or args.load_in_4bit):
+        problems.append("--load_in_8bit/--load_in_4bit apply to --backend hf only")
+    return problems
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    problems = validate_args(args)
+    if problems:
+        print("Error: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    if args.base_model is None:
+        args.base_model = (adapter_base_model(args.adapter) if args.adapter else None) or BASE_MODEL
+    t0 = time.time()
+    try:
+        if args.ticker:
+            return live_forecast(args)
+        rows, fingerprint, dataset_path = load_rows(args.dataset, args.split, args.limit)
+        if not rows:
+            raise InferenceError(f"{args.dataset} [{args.split}] has no rows")
+        lengths_fn = None
+        if args.backend == "openai":
+            generator = OpenAIGenerator(args.base_model, args.base_url, _api_key(args), args.max_new_tokens,
+                                        args.temperature, args.top_p, args.timeout, args.max_retries, args.batch_size)
+            style_name, dtype, model_name, batch = None, None, args.base_model, args.batch_size
+        elif args.backend == "vllm":
+            import models
+            spec = models.resolve_model(args.base_model)
+            style = resolve_style(args.adapter, spec.prompt_style, args.prompt_style)
+            generator = VLLMGenerator(models.model_source(spec, args.cache_dir), style, args.adapter, args.dtype,
+                                      args.max_new_tokens, args.temperature, args.top_p)
+            style_name, dtype, model_name, batch = style.name, args.dtype, spec.name, VLLM_CHUNK
+        else:
+            model, tokenizer, style, dtype, model_name = load_hf(args)
+            generator = HFGenerator(model, tokenizer, style, args.max_new_tokens, args.temperature, args.top_p)
+            style_name, batch, lengths_fn = style.name, args.batch_size, generator.token_lengths
+        env = environment()
+        manifest = {
+            "model": model_name, "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
+            "prompt_style": style_name, "backend": args.backend, "batch_size": batch, "dtype": dtype,
+            "decoding": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                         "top_p": args.top_p, "do_sample": args.temperature > 0},
+            "base_url": args.base_url if args.backend == "openai" else None,
+            "hardware": {k: env.get(k) for k in ("cpu", "cpu_count", "ram_gib", "gpu", "gpu_count", "gpu_memory_gib",
+                                                 "cuda", "driver")},
+            "versions": {k: env.get(k) for k in ("python", "torch", "transformers", "peft", "datasets")},
+            "dataset": {"path": dataset_path, "split": args.split, "fingerprint": fingerprint, "limit": args.limit},
+        }
+        summary = run_dataset(generator, rows, args.out, manifest, batch, args.overwrite, lengths_fn,
+                              progress=not args.quiet)
+    except InferenceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    failed = summary["failed"]
+    print(f"Wrote {summary['written']}/{len(rows)} predictions to {args.out}/predictions.jsonl "
+          f"({summary['new']} new, {summary['resumed']} resumed) in {time.time() - t0:.1f}s; "
+          f"{summary['tokens_per_s']} tok/s; {summary['hit_max']} hit --max_new_tokens; {len(failed)} failed"
+          + (f" (rerun the same command to retry them; first: {failed[0]})" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
