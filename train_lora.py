@@ -1,0 +1,788 @@
+"""Dataset + base model -> LoRA adapter dir (transformers Trainer + peft; DeepSpeed/accelerate ready).
+
+    python train_lora.py --base_model smollm2-135m --dataset data/sample-demo --max_length 1024 \
+        --max_steps 30 --output_dir runs/demo-adapter                       # CPU, embedded model
+    deepspeed --include localhost:0 train_lora.py --base_model llama3.1-8b \
+        --dataset FinGPT/fingpt-forecaster-dow30-202305-202405 --from_remote --ds_config config.json
+
+Supervision is right by construction: the prompt and the answer are tokenized separately and
+concatenated, so labels are -100 on exactly the prompt (and, in batches, padding) positions, chosen by
+position: the final EOS stays supervised even when pad == EOS. Over-long examples are trimmed (oldest
+news weeks first) or dropped, never silently: a supervision audit is printed and saved first.
+Evaluation uses the validation split only; the test split is never read.
+
+Outputs in --output_dir: the adapter (base_model_name_or_path = registry name or hub id), tokenizer,
+prompt_style.json, args.json, audit.json, environment.json, timing.json, trainer_state.json,
+checkpoints (resume with --resume_from_checkpoint last), and merged/ with --merge.
+Stages are functions (prepare_data -> build_model -> build_trainer -> train -> save_outputs) so a
+data-mixing step (human corrections) and a DPO stage can slot in after prepare_data / train.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from prompt import PROMPT_STYLES, SYSTEM_PROMPT, get_style, split_public_prompt
+
+# ---------------------------------------------------------------------------------------------
+# Defaults (flags mirror these one to one)
+# ---------------------------------------------------------------------------------------------
+RUN_NAME = "forecaster-lora"
+BASE_MODEL = "smollm2-135m"            # embedded: runs offline on CPU; the three 8B-class models in README
+DATASET = "data/sample-demo"           # `make demo` builds it; the public one: FinGPT/fingpt-forecaster-dow30-202305-202405
+OUTPUT_DIR = None                      # None = runs/<run_name>
+MAX_LENGTH = 4096                      # upstream; ~3k tokens per public example
+OVERLONG = "trim"                      # trim the oldest news weeks so instruction + answer survive; or "drop" (upstream)
+BATCH_SIZE = 1                         # per device micro-batch (upstream)
+GRADIENT_ACCUMULATION_STEPS = 16       # upstream: effective batch 16
+LEARNING_RATE = 5e-5                   # upstream
+NUM_EPOCHS = 5                         # upstream train.sh
+MAX_STEPS = -1                         # >0 overrides epochs
+WARMUP_RATIO = 0.03                    # fraction of total steps (transformers 5: warmup_steps as a float)
+SCHEDULER = "constant"                 # with warmup -> constant_with_warmup (what upstream meant)
+WEIGHT_DECAY = 0.0
+LOG_INTERVAL = 10                      # optimizer steps between loss logs
+EVALUATION_STRATEGY = "steps"
+EVAL_STEPS = 50                        # optimizer steps
+SAVE_STEPS = 50                        # optimizer steps; checkpoints make runs resumable
+SAVE_TOTAL_LIMIT = 3
+VALIDATION_WEEKS = 2                   # datasets without a validation split: hold out their last N train weeks
+LORA_R = 8                             # upstream LoRA: r=8, alpha=16, dropout 0.1, all 7 projections
+LORA_ALPHA = 16
+LORA_DROPOUT = 0.1
+DTYPE = None                           # None = bf16 on bf16 hardware, fp16 on older CUDA, fp32 otherwise
+GROUP_BY_LENGTH = True                 # batches of similar length: padding waste <= 5 % at --batch_size > 1
+EVAL_GENERATE = 0                      # validation prompts generated at each eval for accuracy/MSE (0 = off)
+EVAL_MAX_NEW_TOKENS = 512
+SEED = 42
+REPORT_TO = "tensorboard"              # tensorboard | wandb | none (WANDB_MODE=offline works)
+MIN_ANSWER_TOKENS = 32                 # a trimmed example keeping fewer answer tokens is dropped instead
+PRESETS = {
+    # T4: 16 GB, no bf16 -> fp16; 4-bit QLoRA + checkpointing to fit an 8B model
+    "colab-t4": dict(load_in_4bit=True, dtype="fp16", gradient_checkpointing=True, max_length=2048,
+                     batch_size=1, gradient_accumulation_steps=16),
+    # 8B bf16 weights (16 GB) + activations at 4k tokens need checkpointing on 40 GB
+    "a100-40g": dict(dtype="bf16", gradient_checkpointing=True, max_length=4096, batch_size=2,
+                     gradient_accumulation_steps=8),
+    # 80 GB holds 4k-token activations without checkpointing (about 1/3 faster)
+    "h100-80g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=1,
+                     gradient_accumulation_steps=16),
+    # the embedded model on a laptop/CI CPU
+    "cpu": dict(max_length=1024, batch_size=1, gradient_accumulation_steps=4, eval_steps=10, save_steps=10),
+}
+
+
+def build_parser(suppress_defaults=False):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                argument_default=argparse.SUPPRESS if suppress_defaults else None)
+
+    def add(flag, default, **kw):
+        if suppress_defaults:
+            kw.pop("default", None)
+            p.add_argument(flag, **kw)
+        else:
+            p.add_argument(flag, default=default, **kw)
+
+    def add_bool(flag, default, help):
+        add(flag, default, action=argparse.BooleanOptionalAction, help=help)
+
+    add("--run_name", RUN_NAME, help="name of the run (TensorBoard/W&B; default output dir runs/<run_name>)")
+    add("--base_model", BASE_MODEL, help="registry name (smollm2-135m, llama3.1-8b, deepseek-r1-distill-llama-8b, "
+        "qwen2.5-7b-instruct), hub id or local model folder")
+    add("--prompt_style", None, choices=list(PROMPT_STYLES), help="override the model's prompt style")
+    add("--dataset", DATASET, help="save_to_disk folder, .jsonl/.parquet file or folder, or hub id")
+    add_bool("--from_remote", False, "load --dataset from the Hugging Face hub")
+    add("--cache_dir", None, help="hub cache folder for models and datasets")
+    add("--output_dir", OUTPUT_DIR, help="adapter folder (default runs/<run_name>)")
+    add("--preset", None, choices=list(PRESETS), help="hardware preset; explicit flags still win")
+    add("--max_length", MAX_LENGTH, type=int, help="tokens per example (prompt + answer)")
+    add("--overlong", OVERLONG, choices=["trim", "drop"], help="examples over --max_length: trim the oldest "
+        "news weeks of the prompt, or drop the example (upstream)")
+    add("--batch_size", BATCH_SIZE, type=int, help="examples per device per micro-batch")
+    add("--gradient_accumulation_steps", GRADIENT_ACCUMULATION_STEPS, type=int,
+        help="micro-batches per optimizer step")
+    add("--learning_rate", LEARNING_RATE, type=float, help="peak learning rate")
+    add("--num_epochs", NUM_EPOCHS, type=float, help="passes over the training split")
+    add("--max_steps", MAX_STEPS, type=int, help="optimizer steps; > 0 overrides --num_epochs")
+    add("--warmup_ratio", WARMUP_RATIO, type=float, help="warmup as a fraction of total optimizer steps [0, 1)")
+    add("--scheduler", SCHEDULER, choices=["constant", "linear", "cosine"],
+        help="learning-rate schedule after warmup")
+    add("--weight_decay", WEIGHT_DECAY, type=float, help="AdamW weight decay")
+    add("--log_interval", LOG_INTERVAL, type=int, help="optimizer steps between loss logs")
+    add("--evaluation_strategy", EVALUATION_STRATEGY, choices=["steps", "epoch", "no"],
+        help="when to evaluate on the validation split")
+    add("--eval_steps", EVAL_STEPS, type=int, help="optimizer steps between evaluations")
+    add("--save_steps", SAVE_STEPS, type=int, help="optimizer steps between checkpoints")
+    add("--save_total_limit", SAVE_TOTAL_LIMIT, type=int, help="checkpoints kept (the best one is kept too)")
+    add("--validation_weeks", VALIDATION_WEEKS, type=int,
+        help="weeks held out from the end of train when the dataset has no validation split (0 = no eval)")
+    add("--lora_r", LORA_R, type=int, help="LoRA rank")
+    add("--lora_alpha", LORA_ALPHA, type=int, help="LoRA scaling alpha")
+    add("--lora_dropout", LORA_DROPOUT, type=float, help="LoRA dropout probability")
+    add("--target_modules", None, help="comma-separated module names (default: the model's 7 projections)")
+    add("--dtype", DTYPE, choices=["bf16", "fp16", "fp32"], help="compute dtype (default: best for this hardware)")
+    add_bool("--load_in_8bit", False, "load the base model in 8-bit (bitsandbytes, CUDA)")
+    add_bool("--load_in_4bit", False, "load the base model in 4-bit nf4 (QLoRA; bitsandbytes, CUDA)")
+    add_bool("--gradient_checkpointing", False, "recompute activations: less memory, ~30 %% slower")
+    add_bool("--group_by_length", GROUP_BY_LENGTH, "batch examples of similar length (less padding)")
+    add("--ds_config", None, help="DeepSpeed config JSON (e.g. config.json); needs deepspeed")
+    add("--resume_from_checkpoint", None, help="checkpoint folder, or 'last' for the newest in --output_dir")
+    add("--seed", SEED, type=int, help="seed for LoRA init and data order")
+    add("--report_to", REPORT_TO, help="tensorboard, wandb, none, or a comma-separated list")
+    add("--eval_generate", EVAL_GENERATE, type=int,
+        help="validation prompts generated at each eval to log binary accuracy / MSE / format failures")
+    add("--eval_max_new_tokens", EVAL_MAX_NEW_TOKENS, type=int, help="tokens generated per eval prompt")
+    add_bool("--keep_best", False, "load the best checkpoint at the end (by validation accuracy with "
+             "--eval_generate, else validation loss)")
+    add_bool("--merge", False, "also write a merged model to <output_dir>/merged")
+    add_bool("--dry_run", False, "print configuration, supervision audit and memory estimate; no training")
+    return p
+
+
+def parse_args(argv=None):
+    """Parsed args with the preset applied under explicitly given flags."""
+    args = build_parser().parse_args(argv)
+    explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
+    if args.preset:
+        for key, value in PRESETS[args.preset].items():
+            if key not in explicit:
+                setattr(args, key, value)
+    if args.output_dir is None:
+        args.output_dir = str(Path("runs") / args.run_name)
+    return args
+
+
+def fail(message):
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def validate_args(args):
+    """Every user mistake at once, before anything expensive."""
+    problems = []
+    positive = ("max_length", "batch_size", "gradient_accumulation_steps", "log_interval", "eval_steps",
+                "save_steps", "lora_r", "lora_alpha")
+    problems += [f"--{k} must be > 0 (got {getattr(args, k)})" for k in positive if getattr(args, k) <= 0]
+    if not 0 <= args.warmup_ratio < 1:
+        problems.append(f"--warmup_ratio must be in [0, 1) (got {args.warmup_ratio})")
+    if not 0 <= args.lora_dropout < 1:
+        problems.append(f"--lora_dropout must be in [0, 1) (got {args.lora_dropout})")
+    if args.learning_rate <= 0:
+        problems.append(f"--learning_rate must be > 0 (got {args.learning_rate})")
+    if args.max_steps <= 0 and args.num_epochs <= 0:
+        problems.append("set --num_epochs > 0 or --max_steps > 0")
+    if args.load_in_8bit and args.load_in_4bit:
+        problems.append("--load_in_8bit and --load_in_4bit exclude each other")
+    if args.max_length <= MIN_ANSWER_TOKENS * 2:
+        problems.append(f"--max_length {args.max_length} leaves no room for a prompt and an answer")
+    if args.keep_best and args.evaluation_strategy == "no":
+        problems.append("--keep_best needs evaluation (--evaluation_strategy steps|epoch)")
+    if args.keep_best and args.evaluation_strategy == "steps" and args.save_steps % args.eval_steps:
+        problems.append(f"--keep_best needs --save_steps ({args.save_steps}) to be a multiple of "
+                        f"--eval_steps ({args.eval_steps})")
+    reporters = [r.strip() for r in args.report_to.split(",") if r.strip()]
+    unknown = [r for r in reporters if r not in ("tensorboard", "wandb", "none")]
+    if unknown:
+        problems.append(f"--report_to: unknown {', '.join(unknown)} (tensorboard, wandb, none)")
+    import importlib.util
+    if not args.dry_run:
+        if "wandb" in reporters and importlib.util.find_spec("wandb") is None:
+            problems.append("--report_to wandb needs `pip install wandb` (WANDB_MODE=offline works offline)")
+        if "tensorboard" in reporters and importlib.util.find_spec("tensorboard") is None \
+                and importlib.util.find_spec("tensorboardX") is None:
+            problems.append("--report_to tensorboard needs `pip install tensorboard`")
+        if args.ds_config and importlib.util.find_spec("deepspeed") is None:
+            problems.append("--ds_config needs deepspeed: pip install -r requirements-gpu.txt (GPU machines)")
+        if args.load_in_8bit or args.load_in_4bit:
+            import torch
+            if not torch.cuda.is_available():
+                problems.append("--load_in_8bit/--load_in_4bit need a CUDA GPU (bitsandbytes); drop them on CPU")
+        if args.resume_from_checkpoint and args.resume_from_checkpoint != "last" \
+                and not Path(args.resume_from_checkpoint).is_dir():
+            problems.append(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
+    if args.ds_config and not Path(args.ds_config).is_file():
+        problems.append(f"--ds_config {args.ds_config}: no such file (the repo ships config.json)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervision: (system, user, answer) -> input_ids + labels masked by position
+# ---------------------------------------------------------------------------------------------
+_WEEK_START = re.compile(r"^From \d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2},", re.M)
+_AFTER_WEEKS = re.compile(r"^(?:Some recent basic financials|\[Basic Financials\]|Based on all the information)",
+                          re.M)
+
+
+def split_news_weeks(user):
+    """(head, [week blocks oldest first], tail) with head + ''.join(weeks) + tail == user.
+
+    >>> head, weeks, tail = split_news_weeks("[Company Introduction]:\\n\\nX\\n\\nFrom 2024-01-07 to "
+    ...     "2024-01-14, a.\\n\\nFrom 2024-01-14 to 2024-01-21, b.\\n\\nBased on all the information ...")
+    >>> [w[:26] for w in weeks], tail
+    (['From 2024-01-07 to 2024-01', 'From 2024-01-14 to 2024-01'], 'Based on all the information ...')
+    """
+    starts = [m.start() for m in _WEEK_START.finditer(user)]
+    if not starts:
+        return user, [], ""
+    after = _AFTER_WEEKS.search(user, starts[-1])
+    end = after.start() if after else len(user)
+    bounds = starts + [end]
+    return user[:starts[0]], [user[a:b] for a, b in zip(bounds, bounds[1:])], user[end:]
+
+
+def prompt_token_ids(tokenizer, style, system, user):
+    """Prompt tokens exactly as inference tokenizes them (with BOS when the tokenizer adds one)."""
+    ids = tokenizer(style.format_prompt(system, user), add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None and ids and ids[-1] == tokenizer.eos_token_id \
+            and not style.format_prompt(system, user).endswith(tokenizer.eos_token):
+        ids = ids[:-1]                          # tokenizers that append EOS to every text
+    return list(ids)
+
+
+def answer_token_ids(tokenizer, style, answer):
+    """Answer tokens + the end-of-answer marker (EOS appended by id, so it is always one token)."""
+    if style.end_of_answer == "{eos}":
+        return list(tokenizer(answer, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    return list(tokenizer(style.format_answer(answer, tokenizer.eos_token), add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(tokenizer, style, system, user, budget):
+    """Prompt ids within `budget` tokens by removing the oldest news weeks (keeping the newest one).
+    Returns (prompt_ids, weeks_removed)."""
+    ids = prompt_token_ids(tokenizer, style, system, user)
+    if len(ids) <= budget:
+        return ids, 0
+    head, weeks, tail = split_news_weeks(user)
+    removed = 0
+    while len(ids) > budget and len(weeks) - removed > 1:
+        removed += 1
+        ids = prompt_token_ids(tokenizer, style, system, head + "".join(weeks[removed:]) + tail)
+    return ids, removed
+
+
+def tokenize_example(tokenizer, style, system, user, answer, max_length, overlong=OVERLONG,
+                     min_answer_tokens=MIN_ANSWER_TOKENS):
+    """One supervised example. Prompt and answer are tokenized separately and concatenated (the prompt
+    tokens then match inference exactly); labels are -100 on the prompt positions, the answer tokens
+    (end-of-answer marker included) elsewhere.
+
+    Over max_length: overlong="drop" drops it; "trim" removes the oldest news weeks, then cuts the
+    answer's tail if still needed (the end marker is lost: a cut answer must not teach stopping), and
+    drops it if fewer than min_answer_tokens answer tokens would remain.
+    Returns dict(input_ids, attention_mask, labels, prompt_tokens, supervised_tokens, overlong,
+    weeks_removed, answer_cut, dropped, reason).
+    """
+    style = get_style(style)
+    prompt_ids = prompt_token_ids(tokenizer, style, system, user)
+    answer_ids = answer_token_ids(tokenizer, style, answer)
+    info = {"overlong": len(prompt_ids) + len(answer_ids) > max_length, "weeks_removed": 0,
+            "answer_cut": False, "dropped": False, "reason": None}
+    if info["overlong"]:
+        if overlong == "drop":
+            return dict(info, dropped=True, reason=f"over --max_length ({len(prompt_ids) + len(answer_ids)} tokens)")
+        prompt_ids, info["weeks_removed"] = fit_prompt(tokenizer, style, system, user, max_length - len(answer_ids))
+        room = max_length - len(prompt_ids)
+        if room < len(answer_ids):
+            if room < min_answer_tokens:
+                return dict(info, dropped=True, reason=f"prompt of {len(prompt_ids)} tokens after trimming news "
+                                                       f"leaves {room} answer tokens")
+            answer_ids, info["answer_cut"] = answer_ids[:room], True
+    input_ids = prompt_ids + answer_ids
+    return dict(info, input_ids=input_ids, attention_mask=[1] * len(input_ids),
+                labels=[-100] * len(prompt_ids) + answer_ids, prompt_tokens=len(prompt_ids),
+                supervised_tokens=len(answer_ids))
+
+
+def row_parts(row):
+    """(system, user, answer) of a dataset row; public prompts carry Llama-2 markers."""
+    system, user = split_public_prompt(row["prompt"])
+    return system or SYSTEM_PROMPT, user, row["answer"]
+
+
+class PaddingCollator:
+    """Right-pads a batch: pad id on inputs, 0 on the mask, -100 on labels (padding is masked by
+    position, so a pad id equal to EOS never hides the supervised final EOS)."""
+
+    def __init__(self, pad_token_id, pad_to_multiple_of=None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features):
+        import torch
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            gap = longest - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * gap)
+            batch["attention_mask"].append(list(f["attention_mask"]) + [0] * gap)
+            batch["labels"].append(list(f["labels"]) + [-100] * gap)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+def _stats(values):
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "min": min(values), "mean": round(statistics.fmean(values), 1),
+            "median": statistics.median(values), "max": max(values), "total": sum(values)}
+
+
+def tokenize_split(tokenizer, style, rows, max_length, overlong=OVERLONG, desc="tokenize"):
+    """(features, audit) of a list of rows; the audit counts what happened to every example."""
+    from tqdm import tqdm
+    features, dropped, cut, trimmed, weeks_removed, overlong_ids = [], [], [], [], 0, []
+    for row in tqdm(rows, desc=desc, unit="ex", leave=False):
+        system, user, answer = row_parts(row)
+        ex = tokenize_example(tokenizer, style, system, user, answer, max_length, overlong)
+        rid = row.get("id", f"{row.get('symbol')}|{row.get('period')}")
+        if ex["overlong"]:
+            overlong_ids.append(rid)
+        if ex["dropped"]:
+            dropped.append({"id": rid, "reason": ex["reason"]})
+            continue
+        if ex["weeks_removed"]:
+            trimmed.append(rid)
+            weeks_removed += ex["weeks_removed"]
+        if ex["answer_cut"]:
+            cut.append(rid)
+        features.append({"id": rid, "input_ids": ex["input_ids"], "attention_mask": ex["attention_mask"],
+                         "labels": ex["labels"], "length": len(ex["input_ids"]),
+                         "supervised_tokens": ex["supervised_tokens"]})
+    audit = {"examples_in": len(rows), "examples_out": len(features),
+             "over_max_length": len(overlong_ids), "trimmed_news": len(trimmed),
+             "news_weeks_removed": weeks_removed, "answers_cut": len(cut), "dropped": len(dropped),
+             "supervised_tokens_per_example": _stats([f["supervised_tokens"] for f in features]),
+             "tokens_per_example": _stats([f["length"] for f in features]),
+             "examples": {"over_max_length": overlong_ids[:20], "trimmed_news": trimmed[:20],
+                          "answers_cut": cut[:20], "dropped": dropped[:20]}}
+    return features, audit
+
+
+def padding_waste(lengths, batch_size, group_by_length, seed=SEED, group_size=None):
+    """Share of padded positions over one epoch of micro-batches, with the sampler training uses."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    if not lengths:
+        return 0.0
+    gen = torch.Generator().manual_seed(seed)
+    if group_by_length and batch_size > 1:
+        order = list(LengthGroupedSampler(group_size or batch_size, lengths=list(lengths), generator=gen))
+    else:
+        order = torch.randperm(len(lengths), generator=gen).tolist()
+    real = padded = 0
+    for i in range(0, len(order), batch_size):
+        batch = [lengths[j] for j in order[i:i + batch_size]]
+        real += sum(batch)
+        padded += max(batch) * len(batch)
+    return round(1 - real / padded, 4)
+
+
+def format_audit(audit):
+    lines = [f"Supervision audit (max_length {audit['max_length']}, over-long examples: {audit['overlong']}, "
+             f"tokenizer: {audit['tokenizer']})"]
+    for split, a in audit["splits"].items():
+        s = a["supervised_tokens_per_example"]
+        t = a["tokens_per_example"]
+        lines.append(f"  [{split}] examples in {a['examples_in']}, out {a['examples_out']}; over max_length "
+                     f"{a['over_max_length']}: trimmed {a['trimmed_news']} (news weeks removed "
+                     f"{a['news_weeks_removed']}), answers cut {a['answers_cut']}, dropped {a['dropped']}")
+        if s.get("n"):
+            lines.append(f"           supervised tokens/example min {s['min']} mean {s['mean']} max {s['max']} "
+                         f"(total {s['total']}); tokens/example mean {t['mean']} max {t['max']}")
+        for d in a["examples"]["dropped"][:3]:
+            lines.append(f"           dropped {d['id']}: {d['reason']}")
+    w = audit.get("padding_waste")
+    if w:
+        lines.append(f"  padding waste at batch {w['batch_size']}: {w['measured_share']:.1%} with "
+                     f"{'length-grouped' if w['group_by_length'] else 'random'} batches "
+                     f"(random batches: {w['random_share']:.1%})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def carve_validation(dd, weeks):
+    """Hold out the last `weeks` periods of train (chronological, all symbols) as validation."""
+    from datasets import DatasetDict
+    periods = sorted(set(dd["train"]["period"]))
+    if weeks <= 0 or len(periods) <= weeks:
+        return dd, None
+    held = set(periods[-weeks:])
+    out = DatasetDict(dict(dd))
+    out["validation"] = dd["train"].filter(lambda r: r["period"] in held)
+    out["train"] = dd["train"].filter(lambda r: r["period"] not in held)
+    return out, f"no validation split: held out the last {weeks} train weeks ({min(held)} ... {max(held)})"
+
+
+def prepare_data(args):
+    """Train and validation rows (lists of dicts). The test split is never read.
+    (Later: human-in-the-loop corrections are mixed into the train rows here.)"""
+    from dataset_io import DatasetError, get_split, load_forecast_dataset
+    try:
+        dd = load_forecast_dataset(args.dataset, from_remote=args.from_remote, cache_dir=args.cache_dir)
+        get_split(dd, "train", args.dataset)
+    except DatasetError as exc:
+        fail(str(exc))
+    note = None
+    if "validation" not in dd and args.evaluation_strategy != "no":
+        dd, note = carve_validation(dd, args.validation_weeks)
+    columns = ["id", "prompt", "answer", "period", "label", "symbol"]
+    train_rows = dd["train"].select_columns(columns).to_list()
+    val_rows = dd["validation"].select_columns(columns).to_list() if "validation" in dd else []
+    return train_rows, val_rows, note
+
+
+def build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_name):
+    train_feats, train_audit = tokenize_split(tokenizer, style, train_rows, args.max_length, args.overlong,
+                                              "tokenize train")
+    val_feats, val_audit = tokenize_split(tokenizer, style, val_rows, args.max_length, args.overlong,
+                                          "tokenize validation")
+    lengths = [f["length"] for f in train_feats]
+    group_size = args.batch_size * args.gradient_accumulation_steps
+    audit = {"max_length": args.max_length, "overlong": args.overlong, "tokenizer": tokenizer_name,
+             "splits": {"train": train_audit, "validation": val_audit},
+             "padding_waste": {"batch_size": args.batch_size, "group_by_length": args.group_by_length,
+                               "measured_share": padding_waste(lengths, args.batch_size, args.group_by_length,
+                                                               args.seed, group_size),
+                               "random_share": padding_waste(lengths, args.batch_size, False, args.seed)}}
+    return train_feats, val_feats, audit
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimate (dry run)
+# ---------------------------------------------------------------------------------------------
+def estimate_memory(arch, dtype, r, targets, micro_batch, seq_len, gradient_checkpointing,
+                    load_in_8bit=False, load_in_4bit=False):
+    """Rough GPU memory in GiB: weights, LoRA adapter + grads + AdamW state (fp32), activations.
+    Activations per token per layer ~ (12 h + 6 i) values kept for backward; logits in fp32 twice."""
+    from models import count_parameters, lora_parameters
+    n_params = count_parameters(arch)
+    bytes_per = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
+    weight_bytes = n_params * (1 if load_in_8bit else 0.56 if load_in_4bit else bytes_per)
+    adapter = lora_parameters(arch, r, targets)
+    adapter_bytes = adapter * 16                # fp32 weight + grad + 2 AdamW moments
+    h, i, n = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"]
+    act_bytes = 2 if dtype != "fp32" else 4
+    tokens = micro_batch * seq_len
+    per_layer = tokens * (12 * h + 6 * i) * act_bytes
+    layers = (n * tokens * h * act_bytes + per_layer) if gradient_checkpointing else n * per_layer
+    logits = tokens * arch["vocab_size"] * 4 * 2
+    gib = 2 ** 30
+    out = {"parameters": n_params, "lora_parameters": adapter, "weights_gib": weight_bytes / gib,
+           "adapter_and_optimizer_gib": adapter_bytes / gib, "activations_gib": (layers + logits) / gib}
+    out["total_gib"] = sum(v for k, v in out.items() if k.endswith("_gib"))
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, trainer, callbacks
+# ---------------------------------------------------------------------------------------------
+def build_model(args, spec):
+    """Base model + LoRA (peft). Adapter config records the registry name / hub id as the base."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from models import MODELS, ModelError, load_model
+    try:
+        model, tokenizer, spec = load_model(args.base_model, dtype=args.dtype, load_in_8bit=args.load_in_8bit,
+                                            load_in_4bit=args.load_in_4bit, cache_dir=args.cache_dir,
+                                            prompt_style=args.prompt_style)
+    except ModelError as exc:
+        fail(str(exc))
+    if args.load_in_8bit or args.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    model.config.use_cache = False              # no KV cache while training (and required with checkpointing)
+    lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=list(target_modules(args, spec)), bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    model.peft_config["default"].base_model_name_or_path = spec.name if spec.name in MODELS else spec.hub_id
+    return model, tokenizer, spec
+
+
+def target_modules(args, spec):
+    if args.target_modules:
+        return tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
+    return tuple(spec.lora_targets)
+
+
+class GenerationEvalCallback:
+    """At each evaluation, greedy-generate answers for N validation prompts (batched, left padding) and
+    log binary accuracy, MSE and format-failure rate (utils.calc_metrics) as eval_* metrics, so
+    --keep_best can select the checkpoint by validation accuracy. Never sees the test split."""
+
+    def __init__(self, tokenizer, style, rows, max_length, max_new_tokens=EVAL_MAX_NEW_TOKENS, batch_size=8):
+        self.tokenizer, self.style = tokenizer, get_style(style)
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        budget = max(16, max_length - max_new_tokens)
+        self.prompts = [fit_prompt(tokenizer, self.style, *row_parts(r)[:2], budget)[0] for r in rows]
+        self.references = [r["answer"] for r in rows]
+        self.labels = [r["label"] for r in rows]
+        self.trainer = None                     # set after the Trainer is built, to log through it
+        self.history = []
+
+    def generate(self, model):
+        import torch
+        outputs = []
+        pad = self.tokenizer.pad_token_id
+        eos = [self.tokenizer.eos_token_id]
+        marker = self.style.end_of_answer.format(eos=self.tokenizer.eos_token)
+        marker_ids = self.tokenizer(marker, add_special_tokens=False)["input_ids"]
+        if len(marker_ids) == 1 and marker_ids[0] not in eos:
+            eos.append(marker_ids[0])
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(self.prompts)), key=lambda k: len(self.prompts[k]))
+        texts = [None] * len(self.prompts)
+        with torch.no_grad():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                longest = max(len(self.prompts[k]) for k in idx)
+                ids = torch.tensor([[pad] * (longest - len(self.prompts[k])) + self.prompts[k] for k in idx],
+                                   device=device)
+                mask = torch.tensor([[0] * (longest - len(self.prompts[k])) + [1] * len(self.prompts[k])
+                                     for k in idx], device=device)
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                                     do_sample=False, pad_token_id=pad, eos_token_id=eos, use_cache=True)
+                for row, k in zip(out[:, longest:], idx):
+                    texts[k] = self.tokenizer.decode(row, skip_special_tokens=True)
+        if was_training:
+            model.train()
+        outputs.extend(texts)
+        return outputs
+
+    def task_metrics(self, model):
+        from utils import calc_metrics
+        answers = self.generate(model)
+        m = calc_metrics(answers, self.references, labels=self.labels)
+        return {"eval_binary_accuracy": m["binary_accuracy"], "eval_mse": m.get("mse"),
+                "eval_format_failure_rate": m["format_failures"] / max(1, m["n"]), "eval_generated": m["n"]}
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        extra = self.task_metrics(model)
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if metrics is not None:
+            metrics.update(extra)               # before Trainer picks the best checkpoint
+        self.history.append(dict(extra, step=state.global_step))
+        if self.trainer is not None:
+            self.trainer.log(extra)             # TensorBoard / W&B
+        return control
+
+
+def scheduler_name(args):
+    """Upstream's 'constant' with warmup meant constant after a linear warmup."""
+    if args.scheduler == "constant" and args.warmup_ratio > 0:
+        return "constant_with_warmup"
+    return args.scheduler
+
+
+def training_arguments(args, dtype):
+    import torch
+    from transformers import TrainingArguments
+    cuda = torch.cuda.is_available()
+    evaluate = args.evaluation_strategy != "no"
+    reporters = [r.strip() for r in args.report_to.split(",") if r.strip() and r.strip() != "none"] or "none"
+    best_metric = "binary_accuracy" if args.eval_generate > 0 else "loss"
+    return TrainingArguments(
+        output_dir=args.output_dir, run_name=args.run_name, seed=args.seed, data_seed=args.seed,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        num_train_epochs=args.num_epochs, max_steps=args.max_steps, weight_decay=args.weight_decay,
+        warmup_steps=float(args.warmup_ratio) if args.warmup_ratio > 0 else 0,
+        lr_scheduler_type=scheduler_name(args),
+        logging_steps=args.log_interval, logging_first_step=True,
+        eval_strategy=args.evaluation_strategy, eval_steps=args.eval_steps if evaluate else None,
+        save_strategy=args.evaluation_strategy if args.keep_best else "steps", save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        load_best_model_at_end=args.keep_best, metric_for_best_model=best_metric if args.keep_best else None,
+        greater_is_better=(best_metric != "loss") if args.keep_best else None,
+        bf16=cuda and dtype == "bf16", fp16=cuda and dtype == "fp16",
+        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if args.group_by_length and args.batch_size > 1 else "random",
+        length_column_name="length", remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding", deepspeed=args.ds_config, report_to=reporters,
+        dataloader_num_workers=0, optim="adamw_torch")
+
+
+def build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_rows, dtype):
+    from datasets import Dataset
+    from transformers import Trainer
+    keep = ["input_ids", "attention_mask", "labels", "length"]
+    train_ds = Dataset.from_list([{k: f[k] for k in keep} for f in train_feats])
+    eval_ds = Dataset.from_list([{k: f[k] for k in keep} for f in val_feats]) if val_feats else None
+    callbacks = []
+    generator = None
+    if args.eval_generate > 0 and val_rows and args.evaluation_strategy != "no":
+        generator = GenerationEvalCallback(tokenizer, style, val_rows[:args.eval_generate], args.max_length,
+                                           args.eval_max_new_tokens, batch_size=max(1, args.batch_size * 4))
+        callbacks.append(_as_trainer_callback(generator))
+    trainer = Trainer(model=model, args=training_arguments(args, dtype), train_dataset=train_ds,
+                      eval_dataset=eval_ds, processing_class=tokenizer,
+                      data_collator=PaddingCollator(tokenizer.pad_token_id,
+                                                    pad_to_multiple_of=8 if args.batch_size > 1 else None),
+                      callbacks=callbacks)
+    if generator is not None:
+        generator.trainer = trainer
+    return trainer, generator
+
+
+def _as_trainer_callback(obj):
+    """A TrainerCallback delegating on_evaluate (keeps the generation logic a plain class)."""
+    from transformers import TrainerCallback
+
+    class _Delegate(TrainerCallback):
+        def on_evaluate(self, *a, **kw):
+            return obj.on_evaluate(*a, **kw)
+    return _Delegate()
+
+
+def peak_memory():
+    import torch
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20     # KiB -> GiB on Linux
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"host_peak_gib": round(host, 2), "gpu_peak_gib": round(gpu, 2) if gpu is not None else None}
+
+
+def resolve_checkpoint(args):
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint != "last":
+        return args.resume_from_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last is None:
+        fail(f"--resume_from_checkpoint last: no checkpoint-* folder in {args.output_dir}")
+    return last
+
+
+def save_json(path, data):
+    Path(path).write_text(json.dumps(data, indent=2, default=str))
+
+
+def merge_adapter(args, out):
+    """Base (full precision, not quantized) + adapter -> merged model in out/merged."""
+    from peft import PeftModel
+    from models import load_model
+    base, tokenizer, _ = load_model(args.base_model, dtype=args.dtype if args.dtype != "fp32" else None,
+                                    cache_dir=args.cache_dir, prompt_style=args.prompt_style)
+    merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+    target = Path(out) / "merged"
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    get_style(json.loads((Path(out) / "prompt_style.json").read_text())["name"]).save(target) \
+        if (Path(out) / "prompt_style.json").exists() else None
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def dry_run_tokenizer(spec, cache_dir):
+    """The model's tokenizer if available offline, else the embedded one as a stand-in (one line)."""
+    from models import ModelError, load_tokenizer
+    try:
+        if not spec.is_embedded:
+            from transformers import AutoTokenizer
+            AutoTokenizer.from_pretrained(spec.hub_id, cache_dir=cache_dir, local_files_only=True)
+        return load_tokenizer(spec, cache_dir), spec.name
+    except (OSError, ModelError, ValueError):
+        print(f"note: the {spec.hub_id} tokenizer is not available offline; auditing with the embedded "
+              f"tokenizer and the {spec.prompt_style} template (token counts approximate)")
+        return load_tokenizer("smollm2-135m", cache_dir), f"smollm2-135m (stand-in for {spec.hub_id})"
+
+
+def main(argv=None):
+    started = time.time()
+    args = parse_args(argv)
+    problems = validate_args(args)
+    if problems:
+        fail("; ".join(problems))
+    from models import MODELS, ModelError, default_dtype, environment_info, resolve_model
+    try:
+        spec = resolve_model(args.base_model, args.prompt_style)
+    except ModelError as exc:
+        fail(str(exc))
+    style = get_style(spec.prompt_style)
+    dtype = args.dtype or default_dtype()
+    train_rows, val_rows, note = prepare_data(args)
+    if note:
+        print(f"note: {note}")
+    if args.evaluation_strategy != "no" and not val_rows:
+        fail("no validation examples: pass a dataset with a validation split, --validation_weeks N, or "
+             "--evaluation_strategy no")
+    if args.dry_run:
+        tokenizer, tokenizer_name = dry_run_tokenizer(spec, args.cache_dir)
+    else:
+        from models import load_tokenizer
+        try:
+            tokenizer, tokenizer_name = load_tokenizer(spec, args.cache_dir), spec.name
+        except ModelError as exc:
+            fail(str(exc))
+    train_feats, val_feats, audit = build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_name)
+    print(format_audit(audit))
+    if not train_feats:
+        fail(f"every training example was dropped (see the audit); raise --max_length ({args.max_length})")
+    memory = None
+    if spec.arch_config and "hidden_size" in spec.arch_config:
+        memory = estimate_memory(spec.arch_config, dtype, args.lora_r, target_modules(args, spec),
+                                 args.batch_size, min(args.max_length, audit["splits"]["train"]
+                                                      ["tokens_per_example"].get("max", args.max_length)),
+                                 args.gradient_checkpointing, args.load_in_8bit, args.load_in_4bit)
+    resolved = {"args": vars(args), "model": spec.to_dict(), "dtype": dtype, "prompt_style": style.name,
+                "scheduler": scheduler_name(args), "memory_estimate": memory}
+    if args.dry_run:
+        print("Resolved configuration:\n" + json.dumps({k: v for k, v in resolved.items() if k != "model"} |
+                                                        {"model": {k: v for k, v in spec.to_dict().items()
+                                                                   if k != "arch_config"}}, indent=2, default=str))
+        if memory:
+            print(f"GPU memory estimate at micro-batch {args.batch_size}: weights {memory['weights_gib']} GiB, "
+                  f"adapter + optimizer {memory['adapter_and_optimizer_gib']} GiB, activations "
+                  f"{memory['activations_gib']} GiB, total ~{memory['total_gib']} GiB")
+        print("dry run: nothing trained")
+        return resolved
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "audit.json", audit)
+    model, tokenizer, spec = build_model(args, spec)
+    model.print_trainable_parameters()
+    trainer, generator = build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_rows, dtype)
+    train_started = time.time()
+    result = trainer.train(resume_from_checkpoint=resolve_checkpoint(args))
+    train_wall = time.time() - train_started
+    outputs = save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_wall, generator)
+    if args.merge:
+        outputs["merged"] = str(merge_adapter(args, out))
+    total = time.time() - started
+    print(f"adapter written to {out} in {total / 60:.1f} min: {result.global_step} steps, final train loss "
+          f"{result.training_loss:.4f}, {outputs['timing']['train_tokens_per_s']:.0f} tokens/s")
+    return outputs
+
+
+def save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_wall, generator):
+    from models import environment_info
+    out = Path(args.output_dir)
+    trainer.save_model(str(out))                # adapter + tokenizer (processing_class)
+    trainer.save_state()                        # trainer_state.json
+    style.save(out)
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    timing = {"train_wall_s": round(train_wall, 1), "global_step": result.global_step,
+              "train_tokens_seen": tokens, "train_tokens_per_s": tokens / train_wall if train_wall else 0.0,
+              "training_loss": result.training_loss} | peak_memory()
+    if generator is not None:
+        timing["eval_generate_history"] = generator.history
+    save_json(out / "args.json", resolved)
+    save_json(out / "environment.json", environment_info())
+    save_json(out / "timing.json", timing)
+    return {"output_dir": str(out), "timing": timing}
+
+
+if __name__ == "__main__":
+    main()
