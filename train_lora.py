@@ -19,16 +19,14 @@ data-mixing step (human corrections) and a DPO stage can slot in after prepare_d
 """
 import argparse
 import json
-import math
-import os
-import re
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from prompt import PROMPT_STYLES, SYSTEM_PROMPT, get_style, split_public_prompt
+from prompt import PROMPT_STYLES, get_style
+from supervision import (MIN_ANSWER_TOKENS, OVERLONG, PaddingCollator, fit_prompt, format_audit, padding_waste, row_parts,
+                         tokenize_split)
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (flags mirror these one to one)
@@ -38,7 +36,6 @@ BASE_MODEL = "smollm2-135m"            # embedded: runs offline on CPU; the thre
 DATASET = "data/sample-demo"           # `make demo` builds it; the public one: FinGPT/fingpt-forecaster-dow30-202305-202405
 OUTPUT_DIR = None                      # None = runs/<run_name>
 MAX_LENGTH = 4096                      # upstream; ~3k tokens per public example
-OVERLONG = "trim"                      # trim the oldest news weeks so instruction + answer survive; or "drop" (upstream)
 BATCH_SIZE = 1                         # per device micro-batch (upstream)
 GRADIENT_ACCUMULATION_STEPS = 16       # upstream: effective batch 16
 LEARNING_RATE = 5e-5                   # upstream
@@ -61,8 +58,9 @@ GROUP_BY_LENGTH = True                 # batches of similar length: padding wast
 EVAL_GENERATE = 0                      # validation prompts generated at each eval for accuracy/MSE (0 = off)
 EVAL_MAX_NEW_TOKENS = 512
 SEED = 42
+HITL_WEIGHT = 1                        # copies of each human correction in the training mix
+DPO_BETA = 0.1                         # TRL's default
 REPORT_TO = "tensorboard"              # tensorboard | wandb | none (WANDB_MODE=offline works)
-MIN_ANSWER_TOKENS = 32                 # a trimmed example keeping fewer answer tokens is dropped instead
 PRESETS = {
     # T4: 16 GB, no bf16 -> fp16; 4-bit QLoRA + checkpointing to fit an 8B model
     "colab-t4": dict(load_in_4bit=True, dtype="fp16", gradient_checkpointing=True, max_length=2048,
@@ -138,6 +136,13 @@ def build_parser(suppress_defaults=False):
     add("--eval_generate", EVAL_GENERATE, type=int,
         help="validation prompts generated at each eval to log binary accuracy / MSE / format failures")
     add("--eval_max_new_tokens", EVAL_MAX_NEW_TOKENS, type=int, help="tokens generated per eval prompt")
+    add("--hitl_data", None, help="human-in-the-loop export folder (hitl.py export --out DIR): its SFT "
+        "corrections are mixed into the training split")
+    add("--hitl_weight", HITL_WEIGHT, type=int, help="copies of each HITL correction in the training mix (upsampling)")
+    add("--dpo", None, help="HITL export folder: run a DPO stage on its preference pairs instead of SFT "
+        "(needs --adapter; the reference model is that adapter, frozen)")
+    add("--adapter", None, help="with --dpo: the SFT adapter folder to start from")
+    add("--dpo_beta", DPO_BETA, type=float, help="DPO KL strength (TRL beta)")
     add_bool("--keep_best", False, "load the best checkpoint at the end (by validation accuracy with "
              "--eval_generate, else validation loss)")
     add_bool("--merge", False, "also write a merged model to <output_dir>/merged")
@@ -206,204 +211,19 @@ def validate_args(args):
         if args.resume_from_checkpoint and args.resume_from_checkpoint != "last" \
                 and not Path(args.resume_from_checkpoint).is_dir():
             problems.append(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
+    if args.hitl_weight < 1:
+        problems.append(f"--hitl_weight must be >= 1 (got {args.hitl_weight})")
+    if args.hitl_data and not Path(args.hitl_data).is_dir():
+        problems.append(f"--hitl_data {args.hitl_data}: no such folder (hitl.py export --out DIR)")
+    if args.dpo and not args.adapter:
+        problems.append("--dpo needs --adapter SFT_DIR (the adapter to improve; it is also the DPO reference)")
+    if args.adapter and not args.dpo:
+        problems.append("--adapter is only used with --dpo")
+    if args.dpo and args.hitl_data:
+        problems.append("--dpo and --hitl_data are separate stages: run the SFT with --hitl_data first")
     if args.ds_config and not Path(args.ds_config).is_file():
         problems.append(f"--ds_config {args.ds_config}: no such file (the repo ships config.json)")
     return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# Supervision: (system, user, answer) -> input_ids + labels masked by position
-# ---------------------------------------------------------------------------------------------
-_WEEK_START = re.compile(r"^From \d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2},", re.M)
-_AFTER_WEEKS = re.compile(r"^(?:Some recent basic financials|\[Basic Financials\]|Based on all the information)",
-                          re.M)
-
-
-def split_news_weeks(user):
-    """(head, [week blocks oldest first], tail) with head + ''.join(weeks) + tail == user.
-
-    >>> head, weeks, tail = split_news_weeks("[Company Introduction]:\\n\\nX\\n\\nFrom 2024-01-07 to "
-    ...     "2024-01-14, a.\\n\\nFrom 2024-01-14 to 2024-01-21, b.\\n\\nBased on all the information ...")
-    >>> [w[:26] for w in weeks], tail
-    (['From 2024-01-07 to 2024-01', 'From 2024-01-14 to 2024-01'], 'Based on all the information ...')
-    """
-    starts = [m.start() for m in _WEEK_START.finditer(user)]
-    if not starts:
-        return user, [], ""
-    after = _AFTER_WEEKS.search(user, starts[-1])
-    end = after.start() if after else len(user)
-    bounds = starts + [end]
-    return user[:starts[0]], [user[a:b] for a, b in zip(bounds, bounds[1:])], user[end:]
-
-
-def prompt_token_ids(tokenizer, style, system, user):
-    """Prompt tokens exactly as inference tokenizes them (with BOS when the tokenizer adds one)."""
-    ids = tokenizer(style.format_prompt(system, user), add_special_tokens=True)["input_ids"]
-    if tokenizer.eos_token_id is not None and ids and ids[-1] == tokenizer.eos_token_id \
-            and not style.format_prompt(system, user).endswith(tokenizer.eos_token):
-        ids = ids[:-1]                          # tokenizers that append EOS to every text
-    return list(ids)
-
-
-def answer_token_ids(tokenizer, style, answer):
-    """Answer tokens + the end-of-answer marker (EOS appended by id, so it is always one token)."""
-    if style.end_of_answer == "{eos}":
-        return list(tokenizer(answer, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-    return list(tokenizer(style.format_answer(answer, tokenizer.eos_token), add_special_tokens=False)["input_ids"])
-
-
-def fit_prompt(tokenizer, style, system, user, budget):
-    """Prompt ids within `budget` tokens by removing the oldest news weeks (keeping the newest one).
-    Returns (prompt_ids, weeks_removed)."""
-    ids = prompt_token_ids(tokenizer, style, system, user)
-    if len(ids) <= budget:
-        return ids, 0
-    head, weeks, tail = split_news_weeks(user)
-    removed = 0
-    while len(ids) > budget and len(weeks) - removed > 1:
-        removed += 1
-        ids = prompt_token_ids(tokenizer, style, system, head + "".join(weeks[removed:]) + tail)
-    return ids, removed
-
-
-def tokenize_example(tokenizer, style, system, user, answer, max_length, overlong=OVERLONG,
-                     min_answer_tokens=MIN_ANSWER_TOKENS):
-    """One supervised example. Prompt and answer are tokenized separately and concatenated (the prompt
-    tokens then match inference exactly); labels are -100 on the prompt positions, the answer tokens
-    (end-of-answer marker included) elsewhere.
-
-    Over max_length: overlong="drop" drops it; "trim" removes the oldest news weeks, then cuts the
-    answer's tail if still needed (the end marker is lost: a cut answer must not teach stopping), and
-    drops it if fewer than min_answer_tokens answer tokens would remain.
-    Returns dict(input_ids, attention_mask, labels, prompt_tokens, supervised_tokens, overlong,
-    weeks_removed, answer_cut, dropped, reason).
-    """
-    style = get_style(style)
-    prompt_ids = prompt_token_ids(tokenizer, style, system, user)
-    answer_ids = answer_token_ids(tokenizer, style, answer)
-    info = {"overlong": len(prompt_ids) + len(answer_ids) > max_length, "weeks_removed": 0,
-            "answer_cut": False, "dropped": False, "reason": None}
-    if info["overlong"]:
-        if overlong == "drop":
-            return dict(info, dropped=True, reason=f"over --max_length ({len(prompt_ids) + len(answer_ids)} tokens)")
-        prompt_ids, info["weeks_removed"] = fit_prompt(tokenizer, style, system, user, max_length - len(answer_ids))
-        room = max_length - len(prompt_ids)
-        if room < len(answer_ids):
-            if room < min_answer_tokens:
-                return dict(info, dropped=True, reason=f"prompt of {len(prompt_ids)} tokens after trimming news "
-                                                       f"leaves {room} answer tokens")
-            answer_ids, info["answer_cut"] = answer_ids[:room], True
-    input_ids = prompt_ids + answer_ids
-    return dict(info, input_ids=input_ids, attention_mask=[1] * len(input_ids),
-                labels=[-100] * len(prompt_ids) + answer_ids, prompt_tokens=len(prompt_ids),
-                supervised_tokens=len(answer_ids))
-
-
-def row_parts(row):
-    """(system, user, answer) of a dataset row; public prompts carry Llama-2 markers."""
-    system, user = split_public_prompt(row["prompt"])
-    return system or SYSTEM_PROMPT, user, row["answer"]
-
-
-class PaddingCollator:
-    """Right-pads a batch: pad id on inputs, 0 on the mask, -100 on labels (padding is masked by
-    position, so a pad id equal to EOS never hides the supervised final EOS)."""
-
-    def __init__(self, pad_token_id, pad_to_multiple_of=None):
-        self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, features):
-        import torch
-        longest = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {"input_ids": [], "attention_mask": [], "labels": []}
-        for f in features:
-            gap = longest - len(f["input_ids"])
-            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * gap)
-            batch["attention_mask"].append(list(f["attention_mask"]) + [0] * gap)
-            batch["labels"].append(list(f["labels"]) + [-100] * gap)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-
-
-def _stats(values):
-    if not values:
-        return {"n": 0}
-    return {"n": len(values), "min": min(values), "mean": round(statistics.fmean(values), 1),
-            "median": statistics.median(values), "max": max(values), "total": sum(values)}
-
-
-def tokenize_split(tokenizer, style, rows, max_length, overlong=OVERLONG, desc="tokenize"):
-    """(features, audit) of a list of rows; the audit counts what happened to every example."""
-    from tqdm import tqdm
-    features, dropped, cut, trimmed, weeks_removed, overlong_ids = [], [], [], [], 0, []
-    for row in tqdm(rows, desc=desc, unit="ex", leave=False):
-        system, user, answer = row_parts(row)
-        ex = tokenize_example(tokenizer, style, system, user, answer, max_length, overlong)
-        rid = row.get("id", f"{row.get('symbol')}|{row.get('period')}")
-        if ex["overlong"]:
-            overlong_ids.append(rid)
-        if ex["dropped"]:
-            dropped.append({"id": rid, "reason": ex["reason"]})
-            continue
-        if ex["weeks_removed"]:
-            trimmed.append(rid)
-            weeks_removed += ex["weeks_removed"]
-        if ex["answer_cut"]:
-            cut.append(rid)
-        features.append({"id": rid, "input_ids": ex["input_ids"], "attention_mask": ex["attention_mask"],
-                         "labels": ex["labels"], "length": len(ex["input_ids"]),
-                         "supervised_tokens": ex["supervised_tokens"]})
-    audit = {"examples_in": len(rows), "examples_out": len(features),
-             "over_max_length": len(overlong_ids), "trimmed_news": len(trimmed),
-             "news_weeks_removed": weeks_removed, "answers_cut": len(cut), "dropped": len(dropped),
-             "supervised_tokens_per_example": _stats([f["supervised_tokens"] for f in features]),
-             "tokens_per_example": _stats([f["length"] for f in features]),
-             "examples": {"over_max_length": overlong_ids[:20], "trimmed_news": trimmed[:20],
-                          "answers_cut": cut[:20], "dropped": dropped[:20]}}
-    return features, audit
-
-
-def padding_waste(lengths, batch_size, group_by_length, seed=SEED, group_size=None):
-    """Share of padded positions over one epoch of micro-batches, with the sampler training uses."""
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-    if not lengths:
-        return 0.0
-    gen = torch.Generator().manual_seed(seed)
-    if group_by_length and batch_size > 1:
-        order = list(LengthGroupedSampler(group_size or batch_size, lengths=list(lengths), generator=gen))
-    else:
-        order = torch.randperm(len(lengths), generator=gen).tolist()
-    real = padded = 0
-    for i in range(0, len(order), batch_size):
-        batch = [lengths[j] for j in order[i:i + batch_size]]
-        real += sum(batch)
-        padded += max(batch) * len(batch)
-    return round(1 - real / padded, 4)
-
-
-def format_audit(audit):
-    lines = [f"Supervision audit (max_length {audit['max_length']}, over-long examples: {audit['overlong']}, "
-             f"tokenizer: {audit['tokenizer']})"]
-    for split, a in audit["splits"].items():
-        s = a["supervised_tokens_per_example"]
-        t = a["tokens_per_example"]
-        lines.append(f"  [{split}] examples in {a['examples_in']}, out {a['examples_out']}; over max_length "
-                     f"{a['over_max_length']}: trimmed {a['trimmed_news']} (news weeks removed "
-                     f"{a['news_weeks_removed']}), answers cut {a['answers_cut']}, dropped {a['dropped']}")
-        if s.get("n"):
-            lines.append(f"           supervised tokens/example min {s['min']} mean {s['mean']} max {s['max']} "
-                         f"(total {s['total']}); tokens/example mean {t['mean']} max {t['max']}")
-        for d in a["examples"]["dropped"][:3]:
-            lines.append(f"           dropped {d['id']}: {d['reason']}")
-    w = audit.get("padding_waste")
-    if w:
-        lines.append(f"  padding waste at batch {w['batch_size']}: {w['measured_share']:.1%} with "
-                     f"{'length-grouped' if w['group_by_length'] else 'random'} batches "
-                     f"(random batches: {w['random_share']:.1%})")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +257,29 @@ def prepare_data(args):
     columns = ["id", "prompt", "answer", "period", "label", "symbol"]
     train_rows = dd["train"].select_columns(columns).to_list()
     val_rows = dd["validation"].select_columns(columns).to_list() if "validation" in dd else []
+    if args.hitl_data:
+        corrections = hitl_rows(args.hitl_data, {r["id"] for r in val_rows})
+        train_rows += [dict(r, id=f"{r['id']}#hitl{k}") for k in range(args.hitl_weight) for r in corrections]
+        note = (note + "; " if note else "") + (f"mixed in {len(corrections)} HITL corrections x "
+                                                 f"{args.hitl_weight} from {args.hitl_data}")
     return train_rows, val_rows, note
+
+
+def hitl_rows(path, validation_ids):
+    """SFT rows of a hitl.py export (DIR/sft or DIR). Corrections of validation examples are allowed (that
+    is where reviews happen) but then that example's validation loss is no longer an honest measure: say so."""
+    from dataset_io import DatasetError, load_forecast_dataset
+    folder = Path(path) / "sft" if (Path(path) / "sft").is_dir() else Path(path)
+    try:
+        rows = load_forecast_dataset(folder)["train"].select_columns(
+            ["id", "prompt", "answer", "period", "label", "symbol"]).to_list()
+    except (DatasetError, KeyError) as exc:
+        fail(f"--hitl_data {path}: {exc}")
+    overlap = [r["id"] for r in rows if r["id"] in validation_ids]
+    if overlap:
+        print(f"note: {len(overlap)} HITL corrections are validation examples (e.g. {overlap[0]}); validation "
+              "metrics on them now measure recall of the correction")
+    return rows
 
 
 def build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_name):
@@ -704,7 +546,10 @@ def main(argv=None):
     problems = validate_args(args)
     if problems:
         fail("; ".join(problems))
-    from models import MODELS, ModelError, default_dtype, environment_info, resolve_model
+    if args.dpo:
+        from dpo_stage import run_dpo
+        return run_dpo(args)
+    from models import ModelError, default_dtype, resolve_model
     try:
         spec = resolve_model(args.base_model, args.prompt_style)
     except ModelError as exc:

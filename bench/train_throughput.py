@@ -55,7 +55,7 @@ def batches(lengths, batch_size, grouped):
 
 def measure(model, device, lengths, batch_size, grouped, steps, autocast_dtype=None, vocab=1000):
     import torch
-    from train_lora import PaddingCollator
+    from supervision import PaddingCollator
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     collate = PaddingCollator(0, pad_to_multiple_of=8 if batch_size > 1 else None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import models
+import supervision
 import train_lora
 from prompt import PROMPT_STYLES, get_style
 
@@ -22,14 +23,14 @@ ANSWER = ("[Positive Developments]:\n1. Demand.\n\n[Potential Concerns]:\n1. Cos
 def test_labels_mask_exactly_the_prompt_and_padding_and_keep_the_final_eos(embedded_tokenizer, style_name):
     tok, style = embedded_tokenizer, get_style(style_name)
     assert tok.pad_token_id == tok.eos_token_id          # the hard case: pad == eos
-    short = train_lora.tokenize_example(tok, style, "Be brief.", "Hi", ANSWER, 512)
-    long = train_lora.tokenize_example(tok, style, "Be brief.", "Hello " * 20, ANSWER, 512)
-    prompt_len = len(train_lora.prompt_token_ids(tok, style, "Be brief.", "Hi"))
+    short = supervision.tokenize_example(tok, style, "Be brief.", "Hi", ANSWER, 512)
+    long = supervision.tokenize_example(tok, style, "Be brief.", "Hello " * 20, ANSWER, 512)
+    prompt_len = len(supervision.prompt_token_ids(tok, style, "Be brief.", "Hi"))
     assert short["labels"][:prompt_len] == [-100] * prompt_len
     assert short["labels"][prompt_len:] == short["input_ids"][prompt_len:]
     marker = style.end_of_answer.format(eos=tok.eos_token)
     assert tok.decode(short["labels"][prompt_len:]).endswith(marker)   # end-of-answer marker supervised
-    batch = train_lora.PaddingCollator(tok.pad_token_id)([short, long])
+    batch = supervision.PaddingCollator(tok.pad_token_id)([short, long])
     labels, ids = batch["labels"][0].tolist(), batch["input_ids"][0].tolist()
     n = len(short["input_ids"])
     assert labels[n:] == [-100] * (len(labels) - n) and ids[n:] == [tok.pad_token_id] * (len(ids) - n)
@@ -39,7 +40,7 @@ def test_labels_mask_exactly_the_prompt_and_padding_and_keep_the_final_eos(embed
 
 def test_prompt_tokens_match_what_inference_feeds_the_model(embedded_tokenizer):
     style = get_style("chatml")
-    ex = train_lora.tokenize_example(embedded_tokenizer, style, "S", "U", ANSWER, 512)
+    ex = supervision.tokenize_example(embedded_tokenizer, style, "S", "U", ANSWER, 512)
     at_inference = embedded_tokenizer(style.format_prompt("S", "U"))["input_ids"]
     assert ex["input_ids"][:len(at_inference)] == at_inference and ex["prompt_tokens"] == len(at_inference)
 
@@ -47,7 +48,7 @@ def test_prompt_tokens_match_what_inference_feeds_the_model(embedded_tokenizer):
 def test_news_weeks_split_back_into_the_same_prompt():
     from conftest import make_user_prompt
     user = make_user_prompt("AAPL", 3, n_weeks=3)
-    head, weeks, tail = train_lora.split_news_weeks(user)
+    head, weeks, tail = supervision.split_news_weeks(user)
     assert len(weeks) == 3 and head + "".join(weeks) + tail == user
     assert head.startswith("[Company Introduction]") and tail.startswith("Some recent basic financials")
 
@@ -57,16 +58,16 @@ def test_overlong_examples_lose_their_oldest_news_and_keep_instruction_and_answe
     tok, style = embedded_tokenizer, get_style("chatml")
     user = make_user_prompt("AAPL", 3, n_weeks=4, filler_words=60)
     answer = make_answer("AAPL", "up by 1-2%")
-    full = train_lora.tokenize_example(tok, style, "S", user, answer, 4096)
+    full = supervision.tokenize_example(tok, style, "S", user, answer, 4096)
     assert not full["overlong"]
-    ex = train_lora.tokenize_example(tok, style, "S", user, answer, full["prompt_tokens"] - 100 + full["supervised_tokens"])
+    ex = supervision.tokenize_example(tok, style, "S", user, answer, full["prompt_tokens"] - 100 + full["supervised_tokens"])
     assert ex["overlong"] and ex["weeks_removed"] >= 1 and not ex["answer_cut"] and not ex["dropped"]
     text = tok.decode(ex["input_ids"])
     assert "Based on all the information" in text and "Prediction: Up by 1-2%" in text
-    oldest = train_lora.split_news_weeks(user)[1][0][:35]
-    assert oldest not in text and train_lora.split_news_weeks(user)[1][-1][:35] in text
+    oldest = supervision.split_news_weeks(user)[1][0][:35]
+    assert oldest not in text and supervision.split_news_weeks(user)[1][-1][:35] in text
     assert ex["supervised_tokens"] == full["supervised_tokens"]
-    dropped = train_lora.tokenize_example(tok, style, "S", user, answer, 300, overlong="drop")
+    dropped = supervision.tokenize_example(tok, style, "S", user, answer, 300, overlong="drop")
     assert dropped["dropped"] and "max_length" in dropped["reason"]
 
 
@@ -80,23 +81,23 @@ def test_audit_counts_trimmed_cut_and_dropped_examples(embedded_tokenizer):
     short = make_user_prompt("X", 1, n_weeks=1)                       # fits
     trimmable = make_user_prompt("X", 2, n_weeks=4, filler_words=40)  # fits once old weeks go
     hopeless = make_user_prompt("X", 3, n_weeks=1, filler_words=400)  # one huge week: cannot fit
-    base = len(train_lora.tokenize_example(tok, style, "S", short, make_answer("X", "up by 0-1%"), 4096)["input_ids"])
+    base = len(supervision.tokenize_example(tok, style, "S", short, make_answer("X", "up by 0-1%"), 4096)["input_ids"])
     max_length = base + 120
     rows = [row(0, short), row(1, trimmable), row(2, hopeless)]
-    feats, audit = train_lora.tokenize_split(tok, style, rows, max_length, "trim")
+    feats, audit = supervision.tokenize_split(tok, style, rows, max_length, "trim")
     assert audit["examples_in"] == 3 and audit["examples_out"] == 2 == len(feats)
     assert audit["over_max_length"] == 2 and audit["trimmed_news"] == 1 and audit["dropped"] == 1
     assert audit["examples"]["dropped"][0]["id"] == "X|2"
     assert audit["supervised_tokens_per_example"]["min"] > 0
     assert all(len(f["input_ids"]) <= max_length for f in feats)
-    _, dropping = train_lora.tokenize_split(tok, style, rows, max_length, "drop")
+    _, dropping = supervision.tokenize_split(tok, style, rows, max_length, "drop")
     assert dropping["examples_out"] == 1 and dropping["dropped"] == 2 and dropping["trimmed_news"] == 0
 
 
 def test_answer_longer_than_the_room_left_is_cut_and_counted(embedded_tokenizer):
     tok, style = embedded_tokenizer, get_style("chatml")
     long_answer = ANSWER + " More analysis." * 60
-    ex = train_lora.tokenize_example(tok, style, "S", "Short prompt", long_answer, 120)
+    ex = supervision.tokenize_example(tok, style, "S", "Short prompt", long_answer, 120)
     assert ex["answer_cut"] and len(ex["input_ids"]) == 120 and ex["labels"][-1] != tok.eos_token_id
 
 
@@ -104,8 +105,8 @@ def test_length_grouped_batches_keep_padding_waste_low():
     import random
     rng = random.Random(0)
     lengths = [rng.randint(2000, 4000) for _ in range(400)]
-    grouped = train_lora.padding_waste(lengths, 4, True, group_size=64)
-    assert grouped <= 0.05 < train_lora.padding_waste(lengths, 4, False)
+    grouped = supervision.padding_waste(lengths, 4, True, group_size=64)
+    assert grouped <= 0.05 < supervision.padding_waste(lengths, 4, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +182,8 @@ def test_overfitting_one_small_batch_drives_the_loss_down_and_leaves_base_weight
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                                              target_modules=list(spec.lora_targets), task_type="CAUSAL_LM"))
     style = get_style("chatml")
-    batch = train_lora.PaddingCollator(tok.pad_token_id)(
-        [train_lora.tokenize_example(tok, style, "Be brief.", f"Week {i}", ANSWER, 256) for i in range(2)])
+    batch = supervision.PaddingCollator(tok.pad_token_id)(
+        [supervision.tokenize_example(tok, style, "Be brief.", f"Week {i}", ANSWER, 256) for i in range(2)])
     base_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" not in k}
     lora_before = {k: v.clone() for k, v in model.named_parameters() if "lora_" in k}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
