@@ -226,23 +226,19 @@ class ReviewStore:
             r["outputs"] = outputs[r["id"]]
         return rows
 
-    def reviews(self, reviewer=None, example_id=None):
-        sql, args = "SELECT * FROM reviews WHERE 1=1", []
-        if reviewer is not None:
-            sql, args = sql + " AND reviewer = ?", args + [reviewer]
-        if example_id is not None:
-            sql, args = sql + " AND example_id = ?", args + [example_id]
+    def _select(self, table, order, **filters):
+        """Rows of `table` matching the non-None filters (column = value)."""
+        given = {k: v for k, v in filters.items() if v is not None}
+        where = "".join(f" AND {column} = ?" for column in given)
         with self.connect() as db:
-            return [dict(r) for r in db.execute(sql + " ORDER BY example_id, reviewer", args)]
+            return [dict(r) for r in db.execute(f"SELECT * FROM {table} WHERE 1=1{where} ORDER BY {order}",
+                                                list(given.values()))]
+
+    def reviews(self, reviewer=None, example_id=None):
+        return self._select("reviews", "example_id, reviewer", reviewer=reviewer, example_id=example_id)
 
     def history(self, example_id=None, reviewer=None):
-        sql, args = "SELECT * FROM history WHERE 1=1", []
-        if example_id is not None:
-            sql, args = sql + " AND example_id = ?", args + [example_id]
-        if reviewer is not None:
-            sql, args = sql + " AND reviewer = ?", args + [reviewer]
-        with self.connect() as db:
-            return [dict(r) for r in db.execute(sql + " ORDER BY seq", args)]
+        return self._select("history", "seq", example_id=example_id, reviewer=reviewer)
 
     def apply(self, example_id, reviewer, changes, reveal=False):
         """Set the given fields (None clears one) and log each change; reveal=True records that the
@@ -328,7 +324,6 @@ def create_app(db_path, run_dirs=None):
     runs = store.runs()
     if not runs:
         raise HitlError(f"{db_path} holds no runs yet; start once with --runs RUN_DIR [RUN_DIR]")
-    slots = [r["slot"] for r in runs]
     examples = {e["id"]: e for e in store.examples()}
     parsed = {(i, s): parsed_summary(o) for i, e in examples.items() for s, o in e["outputs"].items()}
     page = PAGE_FILE.read_text()

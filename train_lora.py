@@ -58,6 +58,7 @@ GROUP_BY_LENGTH = True                 # batches of similar length: padding wast
 EVAL_GENERATE = 0                      # validation prompts generated at each eval for accuracy/MSE (0 = off)
 EVAL_MAX_NEW_TOKENS = 512
 SEED = 42
+EVAL_EXAMPLES = 0                      # 0 = the whole validation split
 HITL_WEIGHT = 1                        # copies of each human correction in the training mix
 DPO_BETA = 0.1                         # TRL's default
 REPORT_TO = "tensorboard"              # tensorboard | wandb | none (WANDB_MODE=offline works)
@@ -136,6 +137,8 @@ def build_parser(suppress_defaults=False):
     add("--eval_generate", EVAL_GENERATE, type=int,
         help="validation prompts generated at each eval to log binary accuracy / MSE / format failures")
     add("--eval_max_new_tokens", EVAL_MAX_NEW_TOKENS, type=int, help="tokens generated per eval prompt")
+    add("--eval_examples", EVAL_EXAMPLES, type=int, help="validation examples used for eval loss (0 = all); "
+        "an evenly spaced subset keeps CPU evaluations short")
     add("--hitl_data", None, help="human-in-the-loop export folder (hitl.py export --out DIR): its SFT "
         "corrections are mixed into the training split")
     add("--hitl_weight", HITL_WEIGHT, type=int, help="copies of each HITL correction in the training mix (upsampling)")
@@ -211,6 +214,8 @@ def validate_args(args):
         if args.resume_from_checkpoint and args.resume_from_checkpoint != "last" \
                 and not Path(args.resume_from_checkpoint).is_dir():
             problems.append(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
+    if args.eval_examples < 0:
+        problems.append(f"--eval_examples must be >= 0 (got {args.eval_examples})")
     if args.hitl_weight < 1:
         problems.append(f"--hitl_weight must be >= 1 (got {args.hitl_weight})")
     if args.hitl_data and not Path(args.hitl_data).is_dir():
@@ -262,6 +267,9 @@ def prepare_data(args):
         train_rows += [dict(r, id=f"{r['id']}#hitl{k}") for k in range(args.hitl_weight) for r in corrections]
         note = (note + "; " if note else "") + (f"mixed in {len(corrections)} HITL corrections x "
                                                  f"{args.hitl_weight} from {args.hitl_data}")
+    if 0 < args.eval_examples < len(val_rows):   # evenly spaced: every symbol and week range stays represented
+        step = len(val_rows) / args.eval_examples
+        val_rows = [val_rows[int(k * step)] for k in range(args.eval_examples)]
     return train_rows, val_rows, note
 
 

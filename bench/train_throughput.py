@@ -97,7 +97,6 @@ def measure(model, device, lengths, batch_size, grouped, steps, autocast_dtype=N
 
 
 def build(args, dtype_name, device):
-    import torch
     from peft import LoraConfig, get_peft_model
     import models
     spec = models.resolve_model(args.arch)

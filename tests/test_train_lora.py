@@ -279,3 +279,10 @@ def test_resume_after_an_interrupted_run_reaches_the_same_step_without_repeating
     resumed = {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
     for step in (3, 4):                         # same data order and RNG: the same losses
         assert resumed[step] == pytest.approx(first[step], rel=1e-4)
+
+
+def test_eval_examples_takes_an_evenly_spaced_validation_subset(tiny_forecast_dataset):
+    args = train_lora.parse_args(["--dataset", str(tiny_forecast_dataset), "--eval_examples", "2"])
+    train_rows, val_rows, _ = train_lora.prepare_data(args)
+    assert len(train_rows) == 12 and len(val_rows) == 2
+    assert val_rows[0]["period"] != val_rows[1]["period"]          # spread over the split, not its first rows
