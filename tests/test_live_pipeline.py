@@ -16,8 +16,8 @@ from fake_servers import GOOD_ANSWER, FakeFinnhub, FakeOpenAI
 from sources import FinnhubData, RateLimiter, SimulatedClock, YFinancePrices
 
 ROOT = Path(__file__).resolve().parents[1]
-FINNHUB_KEY = "finnhubtestkey0123456789abcdef"
-OPENAI_KEY = "sk-test-0123456789abcdefghijklmnop"
+FINNHUB_KEY = "fake-finnhub-key-for-tests-0123"
+OPENAI_KEY = "fake-openai-key-for-tests-4567"
 
 
 def write_prices(path, symbols=("AAA", "BBB", "CCC")):
