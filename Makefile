@@ -57,8 +57,10 @@ demo: setup
 	@echo "demo done: report at $(DEMO_OUT)/report/report.html (and report.md)"
 
 # Human review of the demo adapter against the base model on the VALIDATION split (never test).
-$(DEMO_OUT)/base-val/run.json $(DEMO_OUT)/lora-val/run.json: $(DEMO_OUT)/lora/adapter_config.json
+$(DEMO_OUT)/base-val/run.json: $(DEMO_OUT)/lora/adapter_config.json
 	$(PYTHON) inference.py --base_model smollm2-135m --split validation --out $(DEMO_OUT)/base-val $(DEMO_INFER_FLAGS)
+
+$(DEMO_OUT)/lora-val/run.json: $(DEMO_OUT)/lora/adapter_config.json
 	$(PYTHON) inference.py --adapter $(DEMO_OUT)/lora --split validation --out $(DEMO_OUT)/lora-val $(DEMO_INFER_FLAGS)
 
 $(DEMO_OUT)/lora/adapter_config.json:
