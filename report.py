@@ -629,6 +629,7 @@ def find_export(db, explicit):
 
 def hitl_section(doc, db, export_path):
     import hitl
+    import hitl_export
     if not doc.section(5, None if db else "pass --reviews REVIEWS.sqlite (hitl.py serve --db)"):
         return
     with sqlite3.connect(f"file:{Path(db).resolve()}?mode=ro", uri=True) as con:   # read only: never touches reviews
@@ -662,7 +663,7 @@ def hitl_section(doc, db, export_path):
             if r.get(f"rating_{slot}"):
                 ratings[f"{r['example_id']}|{slot}"][r["reviewer"]] = r[f"rating_{slot}"]
     rows = []
-    for what, agreement in (("preference", hitl.agreement(preferences)), ("rating (exact)", hitl.agreement(ratings))):
+    for what, agreement in (("preference", hitl_export.agreement(preferences)), ("rating (exact)", hitl_export.agreement(ratings))):
         rows += [[what, "/".join(p["reviewers"]), p["examples"], p["percent_agreement"], fmt(p["cohen_kappa"])]
                  for p in agreement["pairs"]]
     doc.table(["agreement on", "reviewers", "shared", "% agreement", "Cohen's kappa"], rows) if rows else \

@@ -13,6 +13,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from fastapi.testclient import TestClient
 
 import hitl
+import hitl_export
 from dataset_io import load_forecast_dataset
 from prompt import SYSTEM_PROMPT, get_style, split_public_prompt, wrap_public_prompt
 
@@ -318,7 +319,7 @@ def test_export_writes_an_sft_datasetdict_that_load_forecast_dataset_reads(setup
     review(client, ids[3], rating_A=3, rating_B=2, preference="A")       # mean 3 < 4: not SFT
     report = run_export(db, root / "out")
     dd = load_forecast_dataset(root / "out" / "sft")
-    assert list(dd) == ["train"] and dd["train"].column_names == list(hitl.SFT_COLUMNS)
+    assert list(dd) == ["train"] and dd["train"].column_names == list(hitl_export.SFT_COLUMNS)
     rows = {r["id"]: r for r in dd["train"].to_list()}
     assert set(rows) == {ids[0], ids[1]}
     assert rows[ids[1]]["answer"] == fixed and rows[ids[1]]["label"] == "down by 0-1%"
@@ -345,7 +346,7 @@ def test_dpo_pairs_carry_trl_columns_and_the_prompt_exactly_as_at_generation(set
     assert pairs[0]["rejected"].startswith("[Positive Developments]:\n1. A on")
     assert pairs[1]["chosen"] == fixed + "<|im_end|>" and "A on" in pairs[1]["rejected"]
     jsonl = [json.loads(line) for line in (root / "out" / "dpo.jsonl").read_text().splitlines()]
-    assert jsonl == pairs and list(jsonl[0]) == list(hitl.DPO_COLUMNS)
+    assert jsonl == pairs and list(jsonl[0]) == list(hitl_export.DPO_COLUMNS)
 
 
 def test_ties_and_conflicting_preferences_are_dropped(setup):
@@ -409,4 +410,4 @@ def test_export_fails_early_on_a_missing_db_a_full_out_dir_or_no_reviews(setup, 
 
 
 def test_doctests_pass():
-    assert doctest.testmod(hitl).failed == 0
+    assert doctest.testmod(hitl).failed == 0 and doctest.testmod(hitl_export).failed == 0

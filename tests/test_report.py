@@ -14,6 +14,7 @@ import pytest
 import comparison
 import data_pipeline
 import hitl
+import hitl_export
 import report
 from dataset_io import load_forecast_dataset
 
@@ -124,7 +125,7 @@ def artifacts(tmp_path_factory):
         store.apply(example["id"], "alice", {"rating_A": ra, "rating_B": rb, "preference": pref})
         store.apply(example["id"], "bob", {"rating_A": ra, "rating_B": 1, "preference": pref,
                                            "direction_A": "right"}, reveal=True)
-    hitl.export(db, root / "hitl" / "round1")
+    hitl_export.export(db, root / "hitl" / "round1")
     return {"root": root, "dataset": dataset, "base": base, "lora": lora, "train_dir": train_dir,
             "compare": root / "compare", "db": db,
             "metrics": json.loads((root / "compare" / "metrics.json").read_text())}
