@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from prompt import BIN_CODES, bin_midpoint, bin_return, label_to_code
+from inference import read_predictions
 from utils import ROUGE_TYPES, SECTIONS, score_pair, summarize_pairs
 
 # ---------------------------------------------------------------------------------------------
@@ -49,23 +50,6 @@ class ComparisonError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Reading run dirs
 # ---------------------------------------------------------------------------------------------
-def read_predictions(path):
-    """Rows of a predictions.jsonl by id: first occurrence wins; a torn last line (killed run) is skipped.
-    Returns (rows_by_id, skipped_line_count)."""
-    rows, skipped = {}, 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            rows.setdefault(row["id"], row)
-    return rows, skipped
-
-
 def load_run(run_dir):
     run_dir = Path(run_dir)
     problems = [f"{run_dir}: no {f}" for f in ("predictions.jsonl", "run.json") if not (run_dir / f).is_file()]

@@ -428,7 +428,7 @@ def build(args, source, teacher):
         print(f"dry run: {len(requests)} prompts built for {len(symbols) - len(errors)} symbols; no teacher calls")
         return None
     done_ids = {entry["id"] for entry in read_journal(out / "teacher_journal.jsonl").values()}
-    confirm_cost(requests, teacher, args, done_ids)
+    confirm_cost(requests, args, done_ids)
     answers, failures, teacher_stats = label_with_teacher(
         requests, teacher, out / "teacher_journal.jsonl", retries=args.teacher_retries,
         concurrency=args.teacher_concurrency)
@@ -526,7 +526,7 @@ def make_teacher(args):
     return TEACHERS[args.teacher]()
 
 
-def confirm_cost(requests, teacher, args, done_ids=()):
+def confirm_cost(requests, args, done_ids=()):
     """Print prompts, estimated tokens and cost before the first paid call; ask unless --yes."""
     if args.teacher == "offline":
         return

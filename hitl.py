@@ -94,15 +94,11 @@ def load_run(run_dir):
     if missing:
         raise HitlError(f"{run_dir}: missing {', '.join(missing)}; pass a run dir written by inference.py")
     manifest = json.loads(manifest_path.read_text())
-    raw = predictions_path.read_bytes()
-    predictions = {}
-    for n, line in enumerate(raw.decode().splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-                predictions[row["id"]] = row
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise HitlError(f"{predictions_path}:{n}: not a JSON prediction with an 'id'") from None
+    from inference import read_predictions
+    predictions, torn = read_predictions(predictions_path)
+    if torn:
+        print(f"note: {predictions_path}: skipped {torn} unreadable line(s) (a run killed mid-write); "
+              "resume it with the same inference.py command to complete it")
     dataset = manifest.get("dataset") or {}
     if not dataset.get("path"):
         raise HitlError(f"{manifest_path}: no dataset.path; cannot show the prompts")
@@ -111,7 +107,7 @@ def load_run(run_dir):
         data_path = run_dir / data_path       # a path written relative to the run dir
     return {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "manifest": manifest,
             "style": run_style(manifest), "predictions": predictions, "data_path": str(data_path),
-            "predictions_sha": hashlib.sha256(raw).hexdigest()[:16]}
+            "predictions_sha": hashlib.sha256(predictions_path.read_bytes()).hexdigest()[:16]}
 
 
 def load_review_set(run_dirs):

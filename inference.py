@@ -71,6 +71,24 @@ def chat_parts(row):
     return split_public_prompt(row["prompt"])
 
 
+def read_predictions(path):
+    """Rows of a run dir's predictions.jsonl by id (the one reader of the format: comparison.py and hitl.py
+    use it too): first occurrence wins; a torn last line (killed run) is skipped.
+    Returns (rows_by_id, skipped_line_count)."""
+    rows, skipped = {}, 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            rows.setdefault(row["id"], row)
+    return rows, skipped
+
+
 def read_done(pred_path):
     """Ids already in predictions.jsonl. A torn last line (the run was killed mid-write) is cut off so
     the next append starts on a clean line."""
@@ -78,15 +96,9 @@ def read_done(pred_path):
         return set()
     data = pred_path.read_bytes()
     if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
         with open(pred_path, "r+b") as fh:
-            fh.truncate(cut)
-        data = data[:cut]
-    done = set()
-    for line in data.decode("utf-8").splitlines():
-        if line.strip():
-            done.add(json.loads(line)["id"])
-    return done
+            fh.truncate(data.rfind(b"\n") + 1)
+    return set(read_predictions(pred_path)[0])
 
 
 def resume_conflicts(old, new):
@@ -420,7 +432,9 @@ def parse_args(argv=None):
 
 
 def _api_key(args):
-    return os.environ.get("OPENAI_API_KEY") or ("local" if (args.base_url or os.environ.get("OPENAI_BASE_URL")) else None)
+    """OPENAI_API_KEY or upstream's OPENAI_KEY (as the teacher reads them); any value for a local server."""
+    from teachers import openai_api_key
+    return openai_api_key() or ("local" if (args.base_url or os.environ.get("OPENAI_BASE_URL")) else None)
 
 
 def validate_args(args):

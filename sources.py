@@ -311,11 +311,11 @@ class FinnhubData:
         data = self._call("profile2", {"symbol": symbol}, self.client.company_profile2)
         if not data or not data.get("name"):
             raise KeyError(f"{symbol}: Finnhub knows no company with this symbol")
+        # market cap / shares omitted on purpose: the API gives only today's values (look-ahead)
         return {"name": data["name"], "industry": data.get("finnhubIndustry") or "N/A",
                 "ipo": data.get("ipo") or "N/A", "country": data.get("country") or "N/A",
                 "exchange": data.get("exchange") or "N/A", "currency": data.get("currency") or "USD",
                 "ticker": data.get("ticker") or symbol}
-        # market cap / shares omitted on purpose: the API gives only today's values (look-ahead)
 
     def news(self, symbol, start, end):
         """Items dated start <= day < end, in as few calls as the API allows: one call for the whole

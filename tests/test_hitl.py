@@ -411,3 +411,12 @@ def test_export_fails_early_on_a_missing_db_a_full_out_dir_or_no_reviews(setup, 
 
 def test_doctests_pass():
     assert doctest.testmod(hitl).failed == 0 and doctest.testmod(hitl_export).failed == 0
+
+
+def test_a_run_killed_mid_write_is_reviewable_without_its_torn_line(tmp_path, capsys):
+    run_a, run_b, ids = make_two_runs(tmp_path)
+    with open(run_a / "predictions.jsonl", "a") as fh:
+        fh.write('{"id": "AAA|torn')
+    client = TestClient(hitl.create_app(tmp_path / "r.sqlite", [run_a, run_b]))
+    assert client.get("/api/meta").json()["total"] == len(ids)
+    assert "skipped 1 unreadable line" in capsys.readouterr().out

@@ -270,3 +270,15 @@ def test_live_forecast_of_an_unknown_ticker_is_one_error(capsys):
     import inference
     assert inference.main(["--ticker", "ZZZZ", "--date", "2013-01-11"]) == 1
     assert capsys.readouterr().err.strip().startswith("Error: --ticker ZZZZ: ZZZZ: not in the offline sample")
+
+
+def test_the_openai_backend_accepts_upstreams_openai_key_name(monkeypatch):
+    import argparse
+    import inference
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_KEY", "upstream-style-key")
+    assert inference._api_key(argparse.Namespace(base_url=None)) == "upstream-style-key"
+    monkeypatch.delenv("OPENAI_KEY")
+    assert inference._api_key(argparse.Namespace(base_url=None)) is None
+    assert inference._api_key(argparse.Namespace(base_url="http://127.0.0.1:8000/v1")) == "local"
