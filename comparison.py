@@ -3,10 +3,11 @@
     python comparison.py runs/base runs/lora --out runs/compare
     python comparison.py runs/student --reference runs/teacher --out runs/vs-teacher
 
-Each RUN_DIR is what inference.py writes (predictions.jsonl + run.json); the run's name is its folder
-name. Runs are scored on the ids they all share. Written to --out: metrics.json (everything),
-metrics.md (the table, printed at the end), metrics.csv (one row per run and baseline),
-confusion_<run>.csv (12 bins) and accuracy.png, rouge.png, latency.png.
+Each RUN_DIR is what inference.py writes (predictions.jsonl + run.json; `--backend file` imports outputs
+made elsewhere); the run's name is its folder name. Runs are scored on the ids they all share. Written to
+--out: metrics.json (everything), metrics.md (the table, printed at the end), metrics.csv (one row per run
+and baseline), per_sample.csv (one row per run and id), confusion_<run>.csv (12 bins) and accuracy.png,
+rouge.png, rouge_distribution.png, latency.png.
 
 Why clustered by week: a test split is a few weeks x many stocks, and stocks move together within a week,
 so 300 rows are nowhere near 300 independent trials. The CI resamples whole weeks; the test against the
@@ -25,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from prompt import BIN_CODES, bin_midpoint, bin_return, label_to_code
+import signals
 from inference import read_predictions
+from signals import week_blocked_bootstrap
 from utils import ROUGE_TYPES, SECTIONS, score_pair, summarize_pairs
 
 # ---------------------------------------------------------------------------------------------
@@ -41,6 +44,10 @@ BASELINE_NAMES = ("majority", "always-up", "momentum")
 PRICE_SENTENCE_RE = re.compile(
     r"From (\d{4}-\d{2}-\d{2}) to (\d{4}-\d{2}-\d{2}), .{1,200}?'s stock price "
     r"(?:(increased|decreased) from ([\d,]+(?:\.\d+)?) to ([\d,]+(?:\.\d+)?)|(was unchanged) at)")
+
+
+REALISED_LABELS = "realised labels"
+THINK_BLOCK_RE = re.compile(r"<think>(.*?)</think>", re.S | re.I)
 
 
 class ComparisonError(ValueError):
@@ -62,6 +69,9 @@ def load_run(run_dir):
 
 def decoding_differences(runs):
     """{run name: 'key a vs b, ...'} for runs whose decoding settings differ from the first run's."""
+    runs = [r for r in runs if not is_imported(r)]      # imported outputs record no decoding settings
+    if not runs:
+        return {}
     base = runs[0]["manifest"].get("decoding", {})
     out = {}
     for run in runs[1:]:
@@ -70,6 +80,72 @@ def decoding_differences(runs):
         if diffs:
             out[run["name"]] = ", ".join(diffs)
     return out
+
+
+def is_imported(run):
+    """A run dir written by `inference.py --backend file` (outputs made elsewhere)."""
+    return run["manifest"].get("backend") == "file"
+
+
+def truth_of(run):
+    """{source, from_dataset} of the labels a run's predictions.jsonl carries."""
+    return run["manifest"].get("truth") or {"source": REALISED_LABELS, "from_dataset": True}
+
+
+def import_summary(run):
+    """What an imported run was made from (run.json's source, rows and truth), for the tables."""
+    m = run["manifest"]
+    rows = m.get("rows") or {}
+    return {"file": (m.get("source") or {}).get("file"), "format": (m.get("source") or {}).get("format"),
+            "sha256": (m.get("source") or {}).get("sha256"), "model": m.get("model"),
+            "prompt_style": m.get("prompt_style"), "truth": truth_of(run)["source"],
+            **{k: rows.get(k) for k in ("read", "joined", "unjoined", "duplicated", "no_truth")}}
+
+
+def think_length(text):
+    """Characters inside an answer's <think> block (0 for an empty block), or None without one. A bare
+    '</think>' counts too: its opening tag was prefilled in the prompt.
+
+    >>> think_length("<think>\\nhmm</think>\\nanswer"), think_length("x</think> y"), think_length("no block")
+    (3, 1, None)
+    >>> think_length("<think>still thinking")
+    14
+    """
+    m = THINK_BLOCK_RE.search(text or "")
+    if m:
+        return len(m.group(1).strip())
+    lower = (text or "").lower()
+    if "</think>" in lower:
+        return len(text[:lower.index("</think>")].strip())
+    if "<think>" in lower:               # cut off while still thinking
+        return len(text[lower.index("<think>") + len("<think>"):].strip())
+    return None
+
+
+def distribution(values):
+    """{n, mean, std, median, q1, q3} of a list of numbers (None when empty)."""
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "median": None, "q1": None, "q3": None}
+    a = np.asarray(values, dtype=float)
+    q1, median, q3 = np.quantile(a, [0.25, 0.5, 0.75])
+    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "median": float(median), "q1": float(q1), "q3": float(q3)}
+
+
+def text_scores(pairs, outputs, ids, symbol_by_id):
+    """ROUGE distributions per section, per-symbol mean ROUGE and the <think> share, for metrics.json."""
+    rouge_distribution = {s: {t: distribution([p["rouge"][s][t] for p in pairs if s in p.get("rouge", {})])
+                              for t in ROUGE_TYPES} for s in SECTIONS}
+    by_symbol = defaultdict(list)
+    for p, i in zip(pairs, ids):
+        by_symbol[symbol_by_id[i]].append(p)
+    per_symbol_rouge = {sym: {s: {t: distribution([p["rouge"][s][t] for p in ps if s in p.get("rouge", {})])["mean"]
+                                  for t in ROUGE_TYPES} for s in SECTIONS} for sym, ps in sorted(by_symbol.items())}
+    lengths = [think_length(o) for o in outputs]
+    with_think = [n for n in lengths if n is not None]
+    think = {"share": len(with_think) / len(lengths) if lengths else None,
+             "mean_chars": float(np.mean(with_think)) if with_think else None, "n": len(with_think)}
+    return {"rouge_distribution": rouge_distribution, "per_symbol_rouge": per_symbol_rouge, "think": think}
 
 
 def load_dataset_side(path, split):
@@ -159,20 +235,7 @@ def baseline_pairs(codes, ids, label_by_id):
 # ---------------------------------------------------------------------------------------------
 # Week-clustered uncertainty
 # ---------------------------------------------------------------------------------------------
-def week_blocked_bootstrap(correct, weeks, samples=BOOTSTRAP_SAMPLES, seed=SEED, confidence=CONFIDENCE):
-    """Percentile CI of accuracy resampling whole weeks. correct: (rows, series) 0/1 matrix; every series is
-    resampled with the same weeks so differences are paired. Returns (low, high) arrays per series."""
-    correct = np.asarray(correct, dtype=float)
-    week_names = sorted(set(weeks))
-    index = np.array([week_names.index(w) for w in weeks])
-    per_week = np.zeros((len(week_names), correct.shape[1]))
-    np.add.at(per_week, index, correct)
-    rows_per_week = np.bincount(index, minlength=len(week_names)).astype(float)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(week_names), np.full(len(week_names), 1 / len(week_names)), size=samples)
-    acc = (draws @ per_week) / (draws @ rows_per_week)[:, None]
-    alpha = (1 - confidence) / 2
-    return np.quantile(acc, alpha, axis=0), np.quantile(acc, 1 - alpha, axis=0)
+# week_blocked_bootstrap (accuracy CIs) lives in signals.py, which shares it with the signal figures
 
 
 def week_sign_flip_test(correct_a, correct_b, weeks, seed=SEED, samples=SIGN_FLIP_SAMPLES):
@@ -224,7 +287,8 @@ def _valid_label(label):
         return False
 
 
-def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRAP_SAMPLES, seed=SEED):
+def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRAP_SAMPLES, seed=SEED,
+            cost_bps=signals.COST_BPS, top_k=signals.TOP_K):
     """Everything metrics.json holds, as a dict."""
     runs = [load_run(d) for d in run_dirs]
     names = [r["name"] for r in runs]
@@ -257,7 +321,7 @@ def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRA
         return_by_id = {i: bin_midpoint(label_to_code(label_by_id[i])) for i in ids}
         return_source = "label bin midpoints (approximate: the dataset has no weekly_return column)"
 
-    results = {}
+    results, per_sample = {}, []
     for run in runs:
         gts = [(ref_run["rows"][i]["output"] if ref_run else run["rows"][i]["reference"]) for i in ids]
         pairs = [score_pair(run["rows"][i]["output"], g, label_by_id[i]) for i, g in zip(ids, gts)]
@@ -266,8 +330,14 @@ def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRA
         m = summarize_pairs(pairs, latencies=latencies)
         m["hit_max_new_tokens"] = sum(bool(run["rows"][i].get("hit_max_new_tokens")) for i in ids)
         m["tokens_per_s"] = run["manifest"].get("tokens_per_s")
+        outputs = [run["rows"][i]["output"] for i in ids]
+        m.update(text_scores(pairs, outputs, ids, symbol_by_id))
         results[run["name"]] = {"kind": "run", "dir": run["dir"], "metrics": m, "pairs": pairs,
                                 "latencies": latencies or []}
+        if is_imported(run):
+            results[run["name"]]["imported"] = import_summary(run)
+        per_sample += [{**per_sample_row(run["name"], i, symbol_by_id[i], period_by_id[i], label_by_id[i], p, o),
+                        "p_up": run["rows"][i].get("p_up")} for i, p, o in zip(ids, pairs, outputs)]
     baselines = baseline_predictions(ids, label_by_id, dataset_rows, train_labels)
     for name, (codes, note) in baselines.items():
         pairs = baseline_pairs(codes, ids, label_by_id)
@@ -291,6 +361,15 @@ def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRA
             per_symbol[symbol_by_id[i]].append(bool(p["correct"]))
         m["per_symbol_accuracy"] = {s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(per_symbol.items())}
         m["confusion"] = confusion(results[name]["pairs"], ids, label_by_id)
+    # signal: MCC, IC, calibration of p_up, backtest with costs (signals.py)
+    run_rows = {r["name"]: r["rows"] for r in runs}
+    series = {name: [dict(p, p_up=run_rows.get(name, {}).get(i, {}).get("p_up"),
+                          p_bins=run_rows.get(name, {}).get(i, {}).get("p_bins")) for p, i in zip(r["pairs"], ids)]
+              for name, r in results.items()}
+    signal_rows, backtest_rows, equity, benchmark = signals.score_signals(
+        series, ids, period_by_id, symbol_by_id, return_by_id, cost_bps, top_k, samples, seed)
+    for name, sig in signal_rows.items():
+        results[name]["metrics"]["signal"] = sig
     return {
         "n_ids": len(ids), "weeks": len(set(weeks)), "symbols": len(set(symbol_by_id.values())),
         "left_out": left_out, "torn_lines_skipped": {r["name"]: r["skipped_lines"] for r in runs if r["skipped_lines"]},
@@ -299,9 +378,42 @@ def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRA
         "dataset": dataset_note, "dataset_fingerprints": fingerprints,
         "long_short_returns_from": return_source, "bootstrap_samples": samples, "seed": seed,
         "confidence": CONFIDENCE,
-        "rows": {n: {k: v for k, v in r.items() if k not in ("pairs", "latencies")} for n, r in results.items()},
+        "truth": truth_of(runs[0]),
+        "imported": {n: r["imported"] for n, r in results.items() if "imported" in r},
+        "rows": {n: {k: v for k, v in r.items() if k not in ("pairs", "latencies", "imported")}
+                 for n, r in results.items()},
         "_latencies": {n: r["latencies"] for n, r in results.items() if r["kind"] == "run"},
+        "_per_sample": per_sample,
+        "signal_settings": {"cost_bps": cost_bps, "top_k": top_k, "weeks": len(set(weeks)),
+                            "returns_from": return_source, "warning": signals.weeks_warning(len(set(weeks)))},
+        "benchmark": benchmark,
+        "_backtest": backtest_rows, "_equity": equity,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample scores (per_sample.csv): one row per run and id. A new per-answer column (say p_up) is one
+# more name in PER_SAMPLE_FIELDS and one more key in per_sample_row's dict.
+# ---------------------------------------------------------------------------------------------
+PER_SAMPLE_FIELDS = (["run", "id", "symbol", "period", "direction", "bin_code", "truth", "truth_direction",
+                      "correct", "squared_error"]
+                     + [f"rouge_{s}_{t}" for s in SECTIONS for t in ROUGE_TYPES]
+                     + ["think_chars", "format_problems", "p_up"])
+
+
+def per_sample_row(run_name, example_id, symbol, period, truth, pair, output):
+    """One per_sample.csv row from a score_pair record. ROUGE cells are empty where the reference lacks
+    the section; think_chars is empty for answers without a <think> block."""
+    sq = (None if pair["magnitude"] is None or pair["truth_magnitude"] is None
+          else (pair["magnitude"] - pair["truth_magnitude"]) ** 2)
+    row = {"run": run_name, "id": example_id, "symbol": symbol, "period": period,
+           "direction": pair["direction"], "bin_code": pair["bin_code"], "truth": truth,
+           "truth_direction": pair["truth_direction"], "correct": pair["correct"], "squared_error": sq,
+           "think_chars": think_length(output), "format_problems": "; ".join(pair["problems"])}
+    for s in SECTIONS:
+        for t in ROUGE_TYPES:
+            row[f"rouge_{s}_{t}"] = pair.get("rouge", {}).get(s, {}).get(t)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +432,7 @@ def markdown(report):
             "Δ vs majority [95% CI], p", "agree w/ ref", "MSE (coverage)"]
     head += [f"ROUGE-1/2/L {s}" for s in SECTIONS] + ["latency s mean/median", "long/short %/wk"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    flag = truth_flag(report)
     for name, row in report["rows"].items():
         m = row["metrics"]
         vs = m["vs_majority"]
@@ -328,7 +441,7 @@ def markdown(report):
         rouge = [("/".join(_f(m["rouge"][s][t], ".2f") for t in ROUGE_TYPES) if "rouge" in m else "—")
                  for s in SECTIONS]
         lat = m.get("latency_s")
-        cells = [name if row["kind"] == "run" else f"*{name} (baseline)*", str(m["n"]), str(m["parsed"]),
+        cells = [(name if row["kind"] == "run" else f"*{name} (baseline)*") + flag, str(m["n"]), str(m["parsed"]),
                  str(m["format_failures"]),
                  f"{_f(m['binary_accuracy'])} [{_f(m['binary_accuracy_ci'][0])}, {_f(m['binary_accuracy_ci'][1])}]",
                  _f(m["binary_accuracy_parsed"]), delta, _f(m["reference_agreement"]),
@@ -343,7 +456,15 @@ def markdown(report):
              if report["weeks"] <= EXACT_MAX_WEEKS else
              f"Scored on {report['n_ids']} ids shared by all runs: {report['weeks']} weeks × {report['symbols']} "
              f"symbols. CIs: week-blocked bootstrap; p: week-clustered sign-flip test against the majority baseline.",
-             f"Reference texts: {report['reference']}; accuracy is against the realised labels. {report['dataset']}."]
+             f"Reference texts: {report['reference']}; {truth_sentence(report)} {report['dataset']}."]
+    for name, imp in (report.get("imported") or {}).items():
+        notes.append(f"Imported run {name}: {imp['file']} ({imp['format']}; {imp['joined']} of {imp['read']} rows "
+                     f"imported, {imp['unjoined']} unjoined, {imp['duplicated']} duplicates; truth: {imp['truth']}; "
+                     "decoding settings not recorded).")
+    think = {n: r["metrics"]["think"] for n, r in report["rows"].items() if (r["metrics"].get("think") or {}).get("n")}
+    if think:
+        notes.append("Answers with a <think> block: " + ", ".join(
+            f"{n} {t['share']:.0%} (mean {t['mean_chars']:.0f} chars)" for n, t in think.items()) + ".")
     left = {k: v for k, v in report["left_out"].items() if v}
     notes.append("Left out (ids not in every run): " + (", ".join(f"{k}: {v}" for k, v in left.items()) or "none") + ".")
     if report["torn_lines_skipped"]:
@@ -365,11 +486,33 @@ def markdown(report):
                  f"{report['long_short_returns_from']}.")
     symbols = sorted({s for r in report["rows"].values() for s in r["metrics"]["per_symbol_accuracy"]})
     names = list(report["rows"])
-    sym = ["", "Per-symbol binary accuracy:", "", "| symbol | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    sym = ["", "Per-symbol binary accuracy" + flag + " / mean ROUGE-L over the reference's sections (runs):", "",
+           "| symbol | " + " | ".join(n + flag for n in names) + " |", "|" + "---|" * (len(names) + 1)]
     for s in symbols:
-        sym.append(f"| {s} | " + " | ".join(_f(report["rows"][n]["metrics"]["per_symbol_accuracy"].get(s, {}).get("accuracy"), ".2f")
-                                            for n in names) + " |")
+        sym.append(f"| {s} | " + " | ".join(_per_symbol_cell(report["rows"][n]["metrics"], s) for n in names) + " |")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes] + sym) + "\n"
+
+
+def truth_flag(report):
+    """' ‡' on every row of a table whose truth is not the dataset's realised labels, else ''."""
+    return "" if (report.get("truth") or {}).get("from_dataset", True) else " ‡"
+
+
+def truth_sentence(report):
+    truth = report.get("truth") or {}
+    if truth.get("from_dataset", True):
+        return "accuracy is against the realised labels."
+    return (f"‡ **accuracy is against {truth.get('source')}**, not realised labels: the first run was imported "
+            "without --dataset, so 'correct' means agreeing with the reference answer's prediction.")
+
+
+def _per_symbol_cell(m, symbol):
+    acc = _f(m["per_symbol_accuracy"].get(symbol, {}).get("accuracy"), ".2f")
+    rouge = (m.get("per_symbol_rouge") or {}).get(symbol)
+    if not rouge:
+        return acc
+    values = [v["rougeL"] for v in rouge.values() if v.get("rougeL") is not None]
+    return f"{acc} / {_f(float(np.mean(values)) if values else None, '.2f')}"
 
 
 CSV_FIELDS = (["name", "kind", "n", "parsed", "format_failures", "binary_accuracy", "ci_low", "ci_high",
@@ -377,7 +520,8 @@ CSV_FIELDS = (["name", "kind", "n", "parsed", "format_failures", "binary_accurac
                "reference_agreement", "mse", "mse_coverage"]
               + [f"rouge_{s}_{t}" for s in SECTIONS for t in ROUGE_TYPES]
               + ["latency_mean_s", "latency_median_s", "tokens_per_s", "hit_max_new_tokens",
-                 "longshort_mean_weekly_pct", "longshort_cumulative_pct"])
+                 "longshort_mean_weekly_pct", "longshort_cumulative_pct"]
+              + signals.SIGNAL_CSV_FIELDS)
 
 
 def csv_rows(report):
@@ -397,6 +541,7 @@ def csv_rows(report):
         out["latency_mean_s"], out["latency_median_s"] = lat.get("mean"), lat.get("median")
         out["longshort_mean_weekly_pct"] = m["long_short"]["mean_weekly_pct"]
         out["longshort_cumulative_pct"] = m["long_short"]["cumulative_pct"]
+        out.update(signals.signal_csv(m))
         yield out
 
 
@@ -448,13 +593,59 @@ def plot(report, latencies, out):
     return written
 
 
+def plot_rouge_distribution(per_sample, out):
+    """rouge_distribution.png: per answer section, a box per run and ROUGE type of the per-answer F1
+    (answers whose reference has the section). Returns the file names written."""
+    runs = list(dict.fromkeys(r["run"] for r in per_sample))
+    if not runs:
+        return []
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(SECTIONS), figsize=(4 * len(SECTIONS), 3.8), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    width = 0.8 / len(runs)
+    for ax, s in zip(axes, SECTIONS):
+        for j, name in enumerate(runs):
+            data = [[r[f"rouge_{s}_{t}"] for r in per_sample if r["run"] == name and r[f"rouge_{s}_{t}"] is not None]
+                    for t in ROUGE_TYPES]
+            positions = np.arange(len(ROUGE_TYPES)) + (j - (len(runs) - 1) / 2) * width
+            keep = [k for k, d in enumerate(data) if d]
+            if keep:
+                box = ax.boxplot([data[k] for k in keep], positions=positions[keep], widths=width * 0.85,
+                                 patch_artist=True, manage_ticks=False,
+                                 medianprops={"color": "black"})
+                for patch in box["boxes"]:
+                    patch.set_facecolor(colors[j % len(colors)])
+        ax.set_xticks(np.arange(len(ROUGE_TYPES)), ROUGE_TYPES)
+        ax.set_title(s)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("F1 per answer vs reference")
+    axes[-1].legend([plt.Rectangle((0, 0), 1, 1, color=colors[j % len(colors)]) for j in range(len(runs))], runs,
+                    fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(out) / "rouge_distribution.png", dpi=120)
+    plt.close(fig)
+    return ["rouge_distribution.png"]
+
+
 def write_outputs(report, out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     latencies = report.pop("_latencies")
+    per_sample = report.pop("_per_sample", [])
+    backtest_rows, equity = report.pop("_backtest", []), report.pop("_equity", {})
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
+    with open(out / "per_sample.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, PER_SAMPLE_FIELDS)
+        writer.writeheader()
+        writer.writerows(per_sample)
+    md = markdown(report) + signals.signal_markdown(report)
     (out / "metrics.md").write_text(md)
+    with open(out / "backtest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, signals.BACKTEST_CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(backtest_rows)
     with open(out / "metrics.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, CSV_FIELDS)
         writer.writeheader()
@@ -468,6 +659,8 @@ def write_outputs(report, out):
             for t, counts in row["metrics"]["confusion"].items():
                 writer.writerow([t, *counts.values()])
     plots = plot(report, latencies, out)
+    plots += plot_rouge_distribution(per_sample, out)
+    plots += signals.plot_signals(report, equity, out)
     return md, plots
 
 
@@ -483,6 +676,12 @@ def parse_args(argv=None):
     ap.add_argument("--split", default=None, help="dataset split the runs were made on (default: from run.json)")
     ap.add_argument("--bootstrap", type=int, default=BOOTSTRAP_SAMPLES, help="week-blocked bootstrap resamples")
     ap.add_argument("--seed", type=int, default=SEED, help="seed for the bootstrap")
+    ap.add_argument("--cost_bps", type=float, default=signals.COST_BPS,
+                    help="backtest: cost per unit of turnover, in basis points")
+    ap.add_argument("--top_k", type=int, default=signals.TOP_K, help="backtest: tickers long and short in the "
+                    "top-k / bottom-k strategy (capped at half of each week's forecasts)")
+    ap.add_argument("--wandb_project", default=None, metavar="NAME", help="also log the metrics table and "
+                    "per-sample scores to this W&B project (WANDB_API_KEY or WANDB_MODE=offline)")
     return ap.parse_args(argv)
 
 
@@ -493,18 +692,33 @@ def main(argv=None):
                 if not Path(d).is_dir()]
     if args.bootstrap < 100:
         problems.append(f"--bootstrap {args.bootstrap}: use at least 100 resamples")
+    if args.cost_bps < 0 or args.top_k < 1:
+        problems.append(f"--cost_bps {args.cost_bps:g} / --top_k {args.top_k}: cost must be >= 0 and k >= 1")
+    if args.wandb_project:
+        import tracking
+        problems += tracking.wandb_problems("--wandb_project")   # a key or WANDB_MODE=offline: never a prompt
     if problems:
         print("Error: " + "; ".join(problems), file=sys.stderr)
         return 1
     try:
-        report = compare(args.run_dirs, args.reference, args.dataset, args.split, args.bootstrap, args.seed)
+        report = compare(args.run_dirs, args.reference, args.dataset, args.split, args.bootstrap, args.seed,
+                         args.cost_bps, args.top_k)
     except ComparisonError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     md, plots = write_outputs(report, args.out)
     print(md)
+    if report["signal_settings"]["warning"]:
+        print(f"Warning: {report['signal_settings']['warning']}")
     print(f"Compared {len(args.run_dirs)} run(s) on {report['n_ids']} shared ids ({report['weeks']} weeks) "
           f"-> {args.out}/metrics.{{json,md,csv}} + {', '.join(plots)} in {time.time() - t0:.1f}s")
+    if args.wandb_project:                      # metrics table + per-sample scores -> W&B
+        import tracking
+        try:
+            tracking.log_comparison_run(args.wandb_project, args.out, args.run_dirs)
+        except tracking.TrackingError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

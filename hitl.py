@@ -81,6 +81,10 @@ def run_style(manifest):
         return PromptStyle.load(adapter)
     if manifest.get("prompt_style") in PROMPT_STYLES:
         return get_style(manifest["prompt_style"])
+    if manifest.get("backend") == "file":     # imported outputs: the model name is only a label
+        raise HitlError(f"imported run ({(manifest.get('source') or {}).get('file')}): its prompt style is unknown "
+                        "(no chat markers in the file's prompts); import it again with --prompt_style NAME "
+                        "--overwrite")
     if manifest.get("model"):
         from models import resolve_model   # only needed for manifests without a style name
         return get_style(resolve_model(manifest["model"]).prompt_style)

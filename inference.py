@@ -5,6 +5,7 @@
     python inference.py --backend openai --base_model gpt-4o-mini --dataset DIR --out runs/teacher
     python inference.py --backend vllm --base_model qwen2.5-7b-instruct --adapter DIR --dataset DIR --out RUN
     python inference.py --ticker AAPL --date 2013-01-11 --n_weeks 3 --use_basics     # live forecast
+    python inference.py --backend file --outputs results.csv --dataset DIR --out runs/NAME  # import (run_import.py)
 
 A run dir holds predictions.jsonl (one line per example: id, symbol, period, label, reference, output,
 latency_s, output_tokens, hit_max_new_tokens; appended batch by batch, so a killed run resumes where it
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prompt import PROMPT_STYLES, PromptStyle, get_style, split_public_prompt
+from prompt import PROMPT_STYLES, PromptStyle, get_style, parse_answer, split_public_prompt
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -37,9 +38,13 @@ BATCH_SIZE = 8                    # hf: ~8x one-at-a-time on CPU (bench/eval_thr
 MAX_NEW_TOKENS = 768              # reference answers are 1.3k-3.1k characters, about 300-750 tokens
 TEMPERATURE = 0.0                 # 0 = greedy (reproducible, and batched == one-at-a-time in fp32)
 TOP_P = 1.0
+SAMPLES = 1                       # self-consistency: answers per example (majority direction scored)
+SEED = 0                          # sampling seed; each example's generator is seeded from (seed, id)
 OPENAI_TIMEOUT = 300.0            # seconds per request
 OPENAI_RETRIES = 2                # the openai client's own retries (429/5xx/connection errors)
 VLLM_CHUNK = 64                   # prompts per vllm.generate call: the resume granularity
+GPU_MEMORY_UTILIZATION = 0.9      # vllm: share of the GPU's memory vLLM takes for weights + KV cache (its default)
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)   # the max_lora_rank values vLLM accepts (LoRAConfig)
 N_WEEKS = 3                       # live forecast: past weeks in the prompt (upstream demo: 1-4)
 
 
@@ -50,9 +55,10 @@ class InferenceError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
-def load_rows(dataset, split, limit=None):
+def load_rows(dataset, split, limit=None, weeks=None):
     """(rows, fingerprint, path) of a dataset split: plain dicts with id, symbol, period, label, answer,
-    prompt. `limit` keeps the first N rows in dataset order."""
+    prompt. `limit` keeps the first N rows in dataset order; `weeks` keeps every ticker's rows of the
+    last N whole weeks (periods that have a row for every ticker of the split)."""
     from dataset_io import DatasetError, dataset_fingerprint, get_split, load_forecast_dataset
     try:
         dd = load_forecast_dataset(dataset)
@@ -61,9 +67,26 @@ def load_rows(dataset, split, limit=None):
         raise InferenceError(str(exc)) from None
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
+    if weeks is not None:
+        keep = set(last_whole_weeks(ds["period"], ds["symbol"], weeks))
+        ds = ds.select([k for k, period in enumerate(ds["period"]) if period in keep])
     cols = ["id", "symbol", "period", "label", "answer", "prompt"]
     path = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)
     return ds.select_columns(cols).to_list(), dataset_fingerprint(dd), path
+
+
+def last_whole_weeks(periods, symbols, n):
+    """The last n periods (by start date) that have a row for every symbol seen in the split.
+
+    >>> last_whole_weeks(["w1", "w1", "w2", "w2", "w3"], ["A", "B", "A", "B", "A"], 1)
+    ['w2']
+    """
+    tickers = set(symbols)
+    by_period = {}
+    for period, symbol in zip(periods, symbols):
+        by_period.setdefault(period, set()).add(symbol)
+    whole = sorted(p for p, s in by_period.items() if s == tickers)
+    return whole[-n:] if n else []
 
 
 def chat_parts(row):
@@ -117,14 +140,25 @@ def resume_conflicts(old, new):
 
 # ---------------------------------------------------------------------------------------------
 # Backends: each turns a list of rows into [(output text, output tokens, hit max_new_tokens)]
+# (hf: Generated tuples whose .extra fields, p_up/p_bins/samples, go into predictions.jsonl)
 # ---------------------------------------------------------------------------------------------
+class Generated(tuple):
+    """(text, output tokens, hit max_new_tokens) with `extra`: more predictions.jsonl fields."""
+
+    def __new__(cls, result, extra=None):
+        obj = super().__new__(cls, result)
+        obj.extra = extra or {}
+        return obj
+
+
 class HFGenerator:
     """Batched generation with transformers: left padding, stop at the style's end token / stop strings."""
 
     def __init__(self, model, tokenizer, style, max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE,
-                 top_p=TOP_P):
+                 top_p=TOP_P, samples=SAMPLES, seed=SEED, bin_probs=False, p_up=True):
         self.model, self.tokenizer, self.style = model.eval(), tokenizer, style
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.samples, self.seed, self.bin_probs, self.p_up = samples, seed, bin_probs, p_up or bin_probs
         tokenizer.padding_side = "left"          # decoder-only: new tokens must follow the prompt directly
         vocab = tokenizer.get_vocab()
         self.end_ids = sorted({tokenizer.eos_token_id, *(vocab[s] for s in style.stop_strings if s in vocab)}
@@ -139,23 +173,39 @@ class HFGenerator:
         return [len(self.tokenizer(self.prompt_text(r))["input_ids"]) for r in rows]
 
     def generate(self, rows):
+        """[Generated (text, output tokens, hit max_new_tokens) with .extra {p_up[, p_bins][, samples]}]."""
         import torch
+        from transformers import LogitsProcessorList
+
+        from direction_probs import (DirectionProbe, RowSampler, bin_probabilities, direction_step, generation_cache,
+                                     seed_for, vote)
         texts = [self.prompt_text(r) for r in rows]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.model.device)
+        n_samples = self.samples
+        if n_samples > 1:                        # every example N times in the batch, each with its own seed
+            enc = {k: v.repeat_interleave(n_samples, dim=0) for k, v in enc.items()}
         kwargs = {"max_new_tokens": self.max_new_tokens, "eos_token_id": self.end_ids,
-                  "pad_token_id": self.tokenizer.pad_token_id}
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                  "pad_token_id": self.tokenizer.pad_token_id,
+                  "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        sampler = None
+        if self.temperature > 0:                 # seeded per (seed, id, sample): batch- and resume-independent
+            sampler = RowSampler([seed_for(self.seed, r["id"], k) for r in rows for k in range(n_samples)],
+                                 self.temperature, self.top_p)
+        probe = DirectionProbe(self.tokenizer, sampler, record=self.p_up) if self.p_up or sampler else None
+        if probe is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([probe])
+        if self.bin_probs:
+            kwargs["return_dict_in_generate"] = True     # the KV cache, to score the 12 labels from
         if self.text_stops:
             kwargs.update(stop_strings=self.text_stops, tokenizer=self.tokenizer)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        sequences = out.sequences if self.bin_probs else out
+        prompt_len = enc["input_ids"].shape[1]
+        new = sequences[:, prompt_len:].tolist()
         ends = set(self.end_ids) | {self.tokenizer.pad_token_id}
-        results = []
-        for ids in new:
+        per_sequence = []
+        for j, ids in enumerate(new):
             n = next((k for k, t in enumerate(ids) if t in ends), len(ids))
             ended = n < len(ids)
             if ended and ids[n] in self.end_ids:
@@ -165,29 +215,64 @@ class HFGenerator:
             for s in self.text_stops:
                 if s in text:
                     text, stopped = text[:text.index(s)], True
-            results.append((text.strip(), n, not ended and not stopped and n >= self.max_new_tokens))
+            p_up = p_bins = None
+            if self.p_up:
+                step = direction_step(self.tokenizer, ids[:n], text)
+                if step is not None and probe.is_direction_token(ids[step]):
+                    p_up = probe.p_up(j, step)
+                    if self.bin_probs:
+                        p_bins = bin_probabilities(self.model, self.tokenizer, probe, generation_cache(out),
+                                                   enc["attention_mask"][j], j, step, prompt_len, ids[step])
+            per_sequence.append((text.strip(), n, not ended and not stopped and n >= self.max_new_tokens, p_up, p_bins))
+        results = []
+        for b in range(len(rows)):
+            group = per_sequence[b * n_samples:(b + 1) * n_samples]
+            pick, p_up = 0, group[0][3]
+            extra = {}
+            if n_samples > 1:                    # self-consistency: majority direction, p_up = up share of votes
+                pick, p_up = vote([parse_answer(g[0]).direction for g in group])
+                extra["samples"] = [g[0] for g in group]
+            if self.p_up:
+                extra["p_up"] = p_up
+            if self.bin_probs:
+                with_bins = [g[4] for g in group if g[4]]
+                extra["p_bins"] = ({c: sum(p[c] for p in with_bins) / len(with_bins) for c in with_bins[0]}
+                                   if with_bins else None)
+            text, tokens, hit = group[pick][:3]
+            if n_samples > 1:
+                tokens = sum(g[1] for g in group)        # all N samples were generated: tokens/s counts them
+            results.append(Generated((text, tokens, hit), extra))
         return results
 
 
 class OpenAIGenerator:
-    """Any OpenAI-compatible chat server; rows are sent as (system, user) messages, batch_size at a time."""
+    """Any OpenAI-compatible chat server; rows are sent as (system, user) messages, batch_size at a time.
+    Request parameters follow openai_chat.ChatRules, the teacher's rules (max_completion_tokens / no
+    temperature for reasoning models, learned from the first 400); a bad key, no credits, an unknown model
+    or a bad request that persists stop the run with one error (rows already written are kept)."""
 
     def __init__(self, model_name, base_url=None, api_key=None, max_new_tokens=MAX_NEW_TOKENS,
                  temperature=TEMPERATURE, top_p=TOP_P, timeout=OPENAI_TIMEOUT, max_retries=OPENAI_RETRIES,
                  concurrency=BATCH_SIZE, http_client=None):
         from openai import OpenAI
+
+        from openai_chat import ChatRules
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
                              http_client=http_client)
-        self.model_name, self.max_new_tokens = model_name, max_new_tokens
+        self.model_name, self.max_new_tokens, self._key = model_name, max_new_tokens, api_key
         self.temperature, self.top_p, self.concurrency = temperature, top_p, concurrency
+        self.rules = ChatRules()
 
     def _one(self, row):
+        from openai_chat import FatalAPIError, create_chat
         system, user = chat_parts(row)
         try:
-            resp = self.client.chat.completions.create(
-                model=self.model_name, messages=[{"role": "system", "content": system},
-                                                 {"role": "user", "content": user}],
-                max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+            resp = create_chat(self.client, self.model_name, [{"role": "system", "content": system},
+                                                              {"role": "user", "content": user}],
+                               self.rules, self.max_new_tokens, api_key=self._key,
+                               temperature=self.temperature, top_p=self.top_p)
+        except FatalAPIError as exc:
+            raise InferenceError(f"the model server ({self.model_name}): {exc}") from None
         except Exception as exc:  # noqa: BLE001 - the client has many error types; the row is retried on resume
             return exc
         choice = resp.choices[0]
@@ -200,10 +285,15 @@ class OpenAIGenerator:
 
 
 class VLLMGenerator:
-    """vLLM offline engine (GPU), with the adapter as a LoRARequest. Imported only when chosen."""
+    """vLLM offline engine (GPU), with the adapter as a LoRARequest. Imported only when chosen.
+
+    max_model_len: the longest prompt + max_new_tokens (vLLM's default is the model's whole context, 131,072
+    tokens for Llama-3.1, whose KV cache alone does not fit beside the weights on a 24 GB card);
+    max_lora_rank: the adapter's r rounded up to a rank vLLM accepts (vllm_lora_rank)."""
 
     def __init__(self, source, style, adapter=None, dtype=None, max_new_tokens=MAX_NEW_TOKENS,
-                 temperature=TEMPERATURE, top_p=TOP_P, lora_rank=64):
+                 temperature=TEMPERATURE, top_p=TOP_P, max_model_len=None, lora_rank=None,
+                 gpu_memory_utilization=GPU_MEMORY_UTILIZATION):
         try:
             from vllm import LLM, SamplingParams
             from vllm.lora.request import LoRARequest
@@ -211,7 +301,13 @@ class VLLMGenerator:
             raise InferenceError("--backend vllm needs vLLM: install requirements-vllm.txt in its own "
                                  "environment on a GPU machine and run inference.py with that python") from None
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, "auto")
-        self.llm = LLM(model=source, dtype=dtype, enable_lora=adapter is not None, max_lora_rank=lora_rank)
+        engine = {"model": source, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization}
+        if max_model_len:
+            engine["max_model_len"] = max_model_len
+        if adapter is not None:
+            engine.update(enable_lora=True, max_lora_rank=lora_rank or vllm_lora_rank(adapter_rank(adapter)))
+        self.engine_args = engine
+        self.llm = LLM(**engine)
         self.params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                      stop=list(style.stop_strings) or None)
         self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
@@ -222,6 +318,35 @@ class VLLMGenerator:
         outs = self.llm.generate(prompts, self.params, lora_request=self.lora)
         return [(o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "length")
                 for o in outs]
+
+
+def adapter_rank(adapter):
+    """The LoRA rank of an adapter folder: r, or the largest per-module rank in rank_pattern."""
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    return max([int(config.get("r") or 8)] + [int(v) for v in (config.get("rank_pattern") or {}).values()])
+
+
+def vllm_lora_rank(r):
+    """The smallest max_lora_rank vLLM accepts that holds rank r.
+
+    >>> vllm_lora_rank(8), vllm_lora_rank(12), vllm_lora_rank(65), vllm_lora_rank(300)
+    (8, 16, 128, 320)
+    """
+    for allowed in VLLM_LORA_RANKS:
+        if r <= allowed:
+            return allowed
+    raise InferenceError(f"the adapter's LoRA rank {r} is above {VLLM_LORA_RANKS[-1]}, the largest vLLM serves; "
+                         "use --backend hf")
+
+
+def vllm_max_model_len(tokenizer, style, rows, max_new_tokens, model_limit=None):
+    """Longest tokenized prompt + max_new_tokens: the context vLLM must hold, and no more."""
+    longest = max(len(tokenizer(style.format_prompt(*chat_parts(r)))["input_ids"]) for r in rows)
+    needed = longest + max_new_tokens
+    if model_limit and needed > model_limit:
+        raise InferenceError(f"the longest prompt ({longest} tokens) + --max_new_tokens {max_new_tokens} = {needed} "
+                             f"tokens exceeds the model's context of {model_limit}; lower --max_new_tokens")
+    return needed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,20 +443,22 @@ def run_dataset(generator, rows, out, manifest, batch_size, overwrite=False, len
                 if isinstance(res, Exception):
                     failed.append(f"{row['id']}: {type(res).__name__}: {str(res)[:200]}")
                     continue
-                text, tokens, hit_max = res
+                text, tokens, hit_max, *given = res      # an imported output brings its own latency (or None)
+                row_latency = given[0] if given else round(latency, 4)
                 fh.write(json.dumps({"id": row["id"], "symbol": row["symbol"], "period": row["period"],
                                      "label": row["label"], "reference": row["answer"], "output": text,
-                                     "latency_s": round(latency, 4), "output_tokens": tokens,
-                                     "hit_max_new_tokens": bool(hit_max)}, ensure_ascii=False) + "\n")
+                                     "latency_s": row_latency, "output_tokens": tokens,
+                                     "hit_max_new_tokens": bool(hit_max), **getattr(res, "extra", {})},
+                                    ensure_ascii=False) + "\n")
             fh.flush()
             bar.update(len(batch))
     bar.close()
     written = [json.loads(line) for line in pred_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     tokens = sum(p["output_tokens"] or 0 for p in written)
-    gen_time = sum(p["latency_s"] for p in written)
+    gen_time = sum(p["latency_s"] or 0 for p in written)
     manifest.update(status="complete" if len(written) >= len(rows) else "partial",
                     completed=len(written), wall_time_s=round(prior_wall + time.time() - t0, 2),
-                    tokens_per_s=round(tokens / gen_time, 2) if gen_time else None)
+                    tokens_per_s=round(tokens / gen_time, 2) if gen_time and tokens else None)
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return {"written": len(written), "new": len(todo) - len(failed), "resumed": len(done), "failed": failed,
             "hit_max": sum(p["hit_max_new_tokens"] for p in written), "tokens_per_s": manifest["tokens_per_s"],
@@ -404,14 +531,31 @@ def parse_args(argv=None):
     ap.add_argument("--dataset", default=None, help="dataset folder, .jsonl/.parquet file or hub id")
     ap.add_argument("--split", default=SPLIT, help="dataset split")
     ap.add_argument("--limit", type=int, default=None, help="only the first N examples of the split")
+    ap.add_argument("--weeks", type=int, default=None, help="only the last N whole weeks of the split, every "
+                    "ticker (so each week's cross-section is complete for the IC and the backtest)")
     ap.add_argument("--out", default=None, help="run dir: predictions.jsonl + run.json (resumes if present)")
-    ap.add_argument("--overwrite", action="store_true", help="start the run dir again instead of resuming")
-    ap.add_argument("--backend", default=BACKEND, choices=("hf", "vllm", "openai"), help="generation backend")
+    ap.add_argument("--overwrite", action="store_true", help="start the run dir again instead of resuming "
+                    "(--backend file: replace an import of another file)")
+    ap.add_argument("--backend", default=BACKEND, choices=("hf", "vllm", "openai", "file"),
+                    help="generation backend; file = import outputs made elsewhere (--outputs)")
+    ap.add_argument("--outputs", default=None, help="--backend file: the outputs file to import "
+                    "(.csv, .jsonl, .json list or .parquet; see README 'Scoring outputs you already have')")
+    ap.add_argument("--columns", default=None, help="--backend file: ROLE=COLUMN,... overriding the column "
+                    "detection; roles: output, prompt, reference, truth, latency, id, symbol, period")
     ap.add_argument("--batch_size", type=int, default=BATCH_SIZE,
                     help="prompts per generate call (openai: parallel requests)")
     ap.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS, help="tokens per answer, at most")
     ap.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 = greedy")
     ap.add_argument("--top_p", type=float, default=TOP_P, help="nucleus sampling mass (with --temperature > 0)")
+    ap.add_argument("--samples", type=int, default=SAMPLES, help="hf: answers per example (self-consistency, needs "
+                    "--temperature > 0); all are kept in `samples`, the first with the majority direction is scored "
+                    "and p_up = the up share of the votes")
+    ap.add_argument("--seed", type=int, default=SEED, help="sampling seed: each example's generators are seeded "
+                    "from (seed, id, sample), so resuming and --batch_size do not change the texts")
+    ap.add_argument("--bin_probs", action="store_true", help="hf: also p_bins, the probability of each of the 12 "
+                    "labels at the Prediction step (scored from the generation's KV cache)")
+    ap.add_argument("--gpu_memory_utilization", type=float, default=GPU_MEMORY_UTILIZATION,
+                    help="vllm backend: share of the GPU's memory (0-1] vLLM may take for weights + KV cache")
     ap.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
                     help="weights/compute dtype (default: bf16 where supported, else fp16/fp32)")
     ap.add_argument("--load_in_8bit", action="store_true", help="bitsandbytes 8-bit weights (CUDA)")
@@ -428,12 +572,14 @@ def parse_args(argv=None):
     ap.add_argument("--source", default="sample", choices=["sample", "finnhub"],
                     help="live forecast: data source (sample = offline; finnhub = Finnhub + yfinance, needs FINNHUB_KEY)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--wandb_project", default=None, metavar="NAME", help="also log the run (manifest, "
+                    "throughput, latency distribution) to this W&B project (WANDB_API_KEY or WANDB_MODE=offline)")
     return ap.parse_args(argv)
 
 
 def _api_key(args):
     """OPENAI_API_KEY or upstream's OPENAI_KEY (as the teacher reads them); any value for a local server."""
-    from teachers import openai_api_key
+    from openai_chat import openai_api_key
     return openai_api_key() or ("local" if (args.base_url or os.environ.get("OPENAI_BASE_URL")) else None)
 
 
@@ -442,8 +588,19 @@ def validate_args(args):
     live = args.ticker or args.date
     if live and not (args.ticker and args.date):
         problems.append("--ticker and --date go together")
+    if args.backend == "file":      # importing outputs: no model, the dataset is optional
+        if live:
+            problems.append("--backend file imports a file of outputs; it does not make live forecasts")
+        if not args.outputs:
+            problems.append("--backend file needs --outputs FILE (.csv, .jsonl, .json or .parquet)")
+        if args.adapter:
+            problems.append("--adapter does not apply to --backend file")
+        if args.limit is not None:
+            problems.append("--limit does not apply to --backend file (every row of the file is imported)")
+    elif args.outputs or args.columns:
+        problems.append("--outputs/--columns apply to --backend file only")
     if not live:
-        if not args.dataset:
+        if not args.dataset and args.backend != "file":
             problems.append("--dataset is required (or --ticker/--date for a live forecast)")
         if not args.out:
             problems.append("--out is required: the run dir to write")
@@ -453,10 +610,20 @@ def validate_args(args):
         problems.append(f"--max_new_tokens {args.max_new_tokens}: must be at least 1")
     if args.limit is not None and args.limit < 1:
         problems.append(f"--limit {args.limit}: must be at least 1")
+    if args.weeks is not None and (args.weeks < 1 or args.limit is not None):
+        problems.append(f"--weeks {args.weeks}: must be at least 1, and not combined with --limit")
+    if args.samples < 1:
+        problems.append(f"--samples {args.samples}: must be at least 1")
+    if args.samples > 1 and args.temperature == 0:
+        problems.append(f"--samples {args.samples} needs --temperature > 0 (greedy samples are all the same)")
+    if (args.samples > 1 or args.bin_probs) and args.backend != "hf":
+        problems.append("--samples > 1 and --bin_probs apply to --backend hf only")
     if args.temperature < 0:
         problems.append(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
     if not 0 < args.top_p <= 1:
         problems.append(f"--top_p {args.top_p}: must be in (0, 1]")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        problems.append(f"--gpu_memory_utilization {args.gpu_memory_utilization}: must be in (0, 1]")
     if args.adapter:
         if not (Path(args.adapter) / "adapter_config.json").is_file():
             problems.append(f"--adapter {args.adapter}: no adapter_config.json there (a train_lora.py output dir)")
@@ -469,7 +636,31 @@ def validate_args(args):
             problems.append("--backend openai needs OPENAI_API_KEY (any string for a local server) or --base_url")
     if args.backend != "hf" and (args.load_in_8bit or args.load_in_4bit):
         problems.append("--load_in_8bit/--load_in_4bit apply to --backend hf only")
+    if args.wandb_project:
+        import tracking
+        problems += tracking.wandb_problems("--wandb_project")   # a key or WANDB_MODE=offline: never a prompt
     return problems
+
+
+def import_outputs(args):
+    """--backend file: run_import.py reads and joins the file; run_dataset writes the run dir."""
+    import run_import
+    t0 = time.time()
+    try:
+        plan = run_import.plan_import(args.outputs, args.dataset, args.split, args.columns, args.prompt_style,
+                                      args.base_model, args.out, args.overwrite)
+        if plan.unchanged:
+            print(f"{args.out} already holds this import of {args.outputs}; nothing changed")
+            return 0
+        run_dataset(plan.generator(), plan.rows, args.out, plan.manifest, max(1, len(plan.rows)), args.overwrite,
+                    progress=False)
+    except (run_import.OutputsError, InferenceError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    lines = run_import.summary_lines(plan, args.out)
+    lines[0] += f" in {time.time() - t0:.1f}s"
+    print("\n".join(lines))
+    return 0
 
 
 def main(argv=None):
@@ -478,13 +669,15 @@ def main(argv=None):
     if problems:
         print("Error: " + "; ".join(problems), file=sys.stderr)
         return 1
+    if args.backend == "file":
+        return import_outputs(args)
     if args.base_model is None:
         args.base_model = (adapter_base_model(args.adapter) if args.adapter else None) or BASE_MODEL
     t0 = time.time()
     try:
         if args.ticker:
             return live_forecast(args)
-        rows, fingerprint, dataset_path = load_rows(args.dataset, args.split, args.limit)
+        rows, fingerprint, dataset_path = load_rows(args.dataset, args.split, args.limit, args.weeks)
         if not rows:
             raise InferenceError(f"{args.dataset} [{args.split}] has no rows")
         lengths_fn = None
@@ -496,25 +689,44 @@ def main(argv=None):
             import models
             spec = models.resolve_model(args.base_model)
             style = resolve_style(args.adapter, spec.prompt_style, args.prompt_style)
+            try:
+                tokenizer = models.load_tokenizer(spec, args.cache_dir)
+            except models.ModelError as exc:
+                raise InferenceError(str(exc)) from None
+            max_model_len = vllm_max_model_len(tokenizer, style, rows, args.max_new_tokens,
+                                               spec.arch_config.get("max_position_embeddings"))
             generator = VLLMGenerator(models.model_source(spec, args.cache_dir), style, args.adapter, args.dtype,
-                                      args.max_new_tokens, args.temperature, args.top_p)
+                                      args.max_new_tokens, args.temperature, args.top_p, max_model_len=max_model_len,
+                                      gpu_memory_utilization=args.gpu_memory_utilization)
             style_name, dtype, model_name, batch = style.name, args.dtype, spec.name, VLLM_CHUNK
         else:
             model, tokenizer, style, dtype, model_name = load_hf(args)
-            generator = HFGenerator(model, tokenizer, style, args.max_new_tokens, args.temperature, args.top_p)
+            generator = HFGenerator(model, tokenizer, style, args.max_new_tokens, args.temperature, args.top_p,
+                                    args.samples, args.seed, args.bin_probs)
             style_name, batch, lengths_fn = style.name, args.batch_size, generator.token_lengths
         env = environment()
         manifest = {
             "model": model_name, "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
             "prompt_style": style_name, "backend": args.backend, "batch_size": batch, "dtype": dtype,
             "decoding": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                         "top_p": args.top_p, "do_sample": args.temperature > 0},
+                         "top_p": args.top_p, "do_sample": args.temperature > 0,
+                         # only when set, so run dirs made before these flags still resume
+                         **({"seed": args.seed} if args.temperature > 0 else {}),
+                         **({"samples": args.samples} if args.samples > 1 else {}),
+                         **({"bin_probs": True} if args.bin_probs else {})},
             "base_url": args.base_url if args.backend == "openai" else None,
             "hardware": {k: env.get(k) for k in ("cpu", "cpu_count", "ram_gib", "gpu", "gpu_count", "gpu_memory_gib",
                                                  "cuda", "driver")},
             "versions": {k: env.get(k) for k in ("python", "torch", "transformers", "peft", "datasets")},
-            "dataset": {"path": dataset_path, "split": args.split, "fingerprint": fingerprint, "limit": args.limit},
+            "dataset": {"path": dataset_path, "split": args.split, "fingerprint": fingerprint, "limit": args.limit,
+                        **({"weeks": args.weeks} if args.weeks else {})},
         }
+        if args.backend == "hf":
+            manifest["probabilities"] = {
+                "p_up": ("up share of the --samples votes" if args.samples > 1 else
+                         "P(up words) / P(up + down words) at the Prediction line's direction token; absent "
+                         "(null) where the answer has no Prediction direction word"),
+                "p_bins": args.bin_probs}
         summary = run_dataset(generator, rows, args.out, manifest, batch, args.overwrite, lengths_fn,
                               progress=not args.quiet)
     except InferenceError as exc:
@@ -525,6 +737,14 @@ def main(argv=None):
           f"({summary['new']} new, {summary['resumed']} resumed) in {time.time() - t0:.1f}s; "
           f"{summary['tokens_per_s']} tok/s; {summary['hit_max']} hit --max_new_tokens; {len(failed)} failed"
           + (f" (rerun the same command to retry them; first: {failed[0]})" if failed else ""))
+    if args.wandb_project:                      # manifest, throughput, latency distribution -> W&B
+        import tracking
+        try:
+            predictions = read_predictions(Path(args.out) / "predictions.jsonl")[0].values()
+            tracking.log_inference_run(args.wandb_project, args.out, list(predictions))
+        except tracking.TrackingError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
     return 1 if failed else 0
 
 
