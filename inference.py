@@ -8,7 +8,8 @@
     python inference.py --backend file --outputs results.csv --dataset DIR --out runs/NAME  # import (run_import.py)
 
 A run dir holds predictions.jsonl (one line per example: id, symbol, period, label, reference, output,
-latency_s, output_tokens, hit_max_new_tokens; appended batch by batch, so a killed run resumes where it
+latency_s, output_tokens, hit_max_new_tokens; hf also p_up [, p_bins with --bin_probs, samples with
+--samples N]; appended batch by batch, so a killed run resumes where it
 stopped) and run.json (model, adapter, prompt style, decoding, backend, batch size, dtype, hardware,
 versions, dataset path/split/fingerprint, wall time, tokens/s). comparison.py scores run dirs.
 

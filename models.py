@@ -12,6 +12,7 @@ and load_model() accepts that name back.
 """
 import importlib.util
 import json
+import logging
 import os
 import platform
 import shutil
@@ -31,10 +32,11 @@ CACHE_ENV = "FORECASTER_CACHE"                  # where the converted embedded m
 DEFAULT_CACHE = Path.home() / ".cache" / "fingpt-forecaster"
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = ("bf16", "fp16", "fp32")
+GATED_HINT = " (gated models such as Llama: accept the licence on the hub, then `hf auth login`)"
 
 
 class ModelError(ValueError):
-    """A user-fixable problem with a model choice (unknown name, missing package, no CUDA for 4-bit)."""
+    """A user-fixable problem with a model choice (unknown name, missing package, gated or offline weights)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ MODELS = {
         # the tokenizer has no pad token; its reserved <|finetune_right_pad_id|> keeps pad != EOS
         pad_token="<|finetune_right_pad_id|>", knowledge_cutoff="2023-12",
         arch_config=dict(_LLAMA31_8B_ARCH),
-        description="Llama-3.1-8B base (gated on the hub: accept the licence, `huggingface-cli login`)"),
+        description="Llama-3.1-8B base (gated on the hub: accept the licence, `hf auth login`)"),
     "deepseek-r1-distill-llama-8b": ModelSpec(
         name="deepseek-r1-distill-llama-8b", hub_id="deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
         # its chat template opens a <think> block: we train on an empty think block + the answer and
@@ -277,8 +279,15 @@ def default_dtype():
     """bf16 on CUDA with bf16 (Ampere+) or bf16-capable CPUs, fp16 on older CUDA (T4, V100), else fp32."""
     import torch
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_bf16_native() else "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def cuda_bf16_native():
+    """bf16 in hardware (compute capability >= 8: A100, L4, H100). torch's default including_emulation=True
+    also says yes on a T4 or V100, which then run bf16 emulated, several times slower than fp16."""
+    import torch
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def torch_dtype(name):
@@ -308,7 +317,8 @@ def load_tokenizer(name_or_path, cache_dir=None, prompt_style=None):
         tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=None if spec.is_embedded else cache_dir)
     except OSError as exc:
         raise ModelError(f"cannot load the tokenizer of {spec.name} ({source}): {str(exc).splitlines()[0]}. "
-                         "Offline? Download it once on a machine with network, or pass a local folder.") from None
+                         "Offline? Download it once on a machine with network, or pass a local folder."
+                         f"{GATED_HINT}") from None
     tokenizer.padding_side = "right"
     return set_pad_token(tokenizer, spec)
 
@@ -322,16 +332,17 @@ def attention_implementation(dtype_name):
     return "sdpa"
 
 
+# bitsandbytes warns at every import on CPUs with avx512_bf16 that it cannot fetch an optional fused
+# 4-bit kernel from the hub (we are offline by design); its built-in CPU kernel is used instead.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def quantization_config(load_in_8bit=False, load_in_4bit=False, compute_dtype="bf16"):
     """BitsAndBytesConfig for 8/4-bit loading (QLoRA: nf4 + double quantization), or None."""
     if not (load_in_8bit or load_in_4bit):
         return None
     if load_in_8bit and load_in_4bit:
         raise ModelError("--load_in_8bit and --load_in_4bit exclude each other; pick one")
-    import torch
-    if not torch.cuda.is_available():
-        raise ModelError("8/4-bit loading (bitsandbytes) needs a CUDA GPU; on CPU drop "
-                         "--load_in_8bit/--load_in_4bit")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("8/4-bit loading needs bitsandbytes: pip install -r requirements-gpu.txt")
     from transformers import BitsAndBytesConfig
@@ -345,20 +356,26 @@ def load_model(name_or_path=DEFAULT_MODEL, dtype=None, load_in_8bit=False, load_
                device_map=None, cache_dir=None, prompt_style=None):
     """(model, tokenizer, spec) for a registry name, hub id or local folder.
 
-    dtype: None = default_dtype(), or "bf16" | "fp16" | "fp32". 8/4-bit need CUDA and bitsandbytes.
+    dtype: None = default_dtype(), or "bf16" | "fp16" | "fp32". 8/4-bit need bitsandbytes; they run on
+    CUDA (on this rank's GPU) and, through bitsandbytes' CPU backend, on a CPU. fp16 is a GPU dtype (the
+    T4's): quantized loads on a CPU compute in bf16 instead.
     The returned model's config._name_or_path is the registry name or hub id, so adapters saved from
     it record that name rather than a cache path.
     """
+    import torch
     from transformers import AutoModelForCausalLM
     spec = resolve_model(name_or_path, prompt_style)
     dtype = dtype or default_dtype()
+    cuda = torch.cuda.is_available()
+    if (load_in_8bit or load_in_4bit) and not cuda and dtype == "fp16":
+        dtype = "bf16"
     quant = quantization_config(load_in_8bit, load_in_4bit, compute_dtype=dtype if dtype != "fp32" else "bf16")
     tokenizer = load_tokenizer(spec, cache_dir)
     source = model_source(spec, cache_dir)
     kwargs = {"dtype": torch_dtype(dtype), "attn_implementation": attention_implementation(dtype)}
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = device_map or {"": int(os.environ.get("LOCAL_RANK", 0))}
+        kwargs["device_map"] = device_map or {"": int(os.environ.get("LOCAL_RANK", 0)) if cuda else "cpu"}
     elif device_map is not None:
         kwargs["device_map"] = device_map
     if not spec.is_embedded:
@@ -366,7 +383,7 @@ def load_model(name_or_path=DEFAULT_MODEL, dtype=None, load_in_8bit=False, load_
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
-        raise ModelError(f"cannot load {spec.name} ({source}): {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot load {spec.name} ({source}): {str(exc).splitlines()[0]}{GATED_HINT}") from None
     model.config._name_or_path = spec.name if spec.name in MODELS else spec.hub_id
     if model.config.pad_token_id is None or model.config.pad_token_id != tokenizer.pad_token_id:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -444,6 +461,39 @@ def _nvidia_driver():
         return None
 
 
+def process_rank():
+    """Global rank of this process under a launcher (deepspeed, torchrun, accelerate set RANK), else 0.
+    Only rank 0 writes run files or loads extra models (merge)."""
+    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
+
+
+def training_engine(trainer):
+    """What really ran under a transformers/TRL Trainer, for timing.json: DeepSpeed or FSDP on or off,
+    accelerate's distributed type, the number of ranks, and the bitsandbytes layers actually in the model."""
+    state = trainer.accelerator.state
+    kind = trainer.accelerator.distributed_type
+    plugin = getattr(state, "deepspeed_plugin", None)
+    record = {"is_deepspeed_enabled": bool(trainer.is_deepspeed_enabled),
+              "is_fsdp_enabled": bool(trainer.is_fsdp_enabled),
+              "distributed_type": str(getattr(kind, "value", kind)), "world_size": trainer.args.world_size,
+              "device": str(trainer.args.device), "deepspeed_zero_stage": plugin.zero_stage if plugin else None,
+              "quantization": None}
+    quant = getattr(getattr(trainer.model, "config", None), "quantization_config", None)
+    if quant is not None:
+        import bitsandbytes as bnb
+        from importlib.metadata import version
+        quant = quant.to_dict() if hasattr(quant, "to_dict") else dict(quant)
+        bits = 4 if quant.get("load_in_4bit") else 8
+        layers = {cls.__name__: sum(isinstance(m, cls) for m in trainer.model.modules())
+                  for cls in (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)}
+        record["quantization"] = {
+            "method": "bitsandbytes", "version": version("bitsandbytes"), "bits": bits,
+            "quant_type": quant.get("bnb_4bit_quant_type") if bits == 4 else "int8",
+            "compute_dtype": str(quant.get("bnb_4bit_compute_dtype")).replace("torch.", "") if bits == 4 else None,
+            "layers": {name: n for name, n in layers.items() if n}}
+    return record
+
+
 def environment_info():
     """Hardware and software versions, for run manifests (training, inference, report)."""
     import torch
@@ -461,5 +511,5 @@ def environment_info():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
                     gpu_memory_gib=round(props.total_memory / 2**30, 1), driver=_nvidia_driver(),
-                    gpu_bf16=torch.cuda.is_bf16_supported())
+                    gpu_bf16=cuda_bf16_native())
     return info

@@ -19,11 +19,13 @@ data-mixing step (human corrections) and a DPO stage can slot in after prepare_d
 """
 import argparse
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
 
+import tracking
 from prompt import PROMPT_STYLES, get_style
 from supervision import (MIN_ANSWER_TOKENS, OVERLONG, PaddingCollator, fit_prompt, format_audit, padding_waste, row_parts,
                          tokenize_split)
@@ -61,20 +63,38 @@ SEED = 42
 EVAL_EXAMPLES = 0                      # 0 = the whole validation split
 HITL_WEIGHT = 1                        # copies of each human correction in the training mix
 DPO_BETA = 0.1                         # TRL's default
-REPORT_TO = "tensorboard"              # tensorboard | wandb | none (WANDB_MODE=offline works)
+REPORT_TO = "auto"                     # auto = TensorBoard, plus W&B when WANDB_API_KEY is set (env or .env)
+                                       # or WANDB_MODE=offline; never prompts (tracking.resolve_report_to)
+WANDB_PROJECT = None                   # None = $WANDB_PROJECT, else tracking.PROJECT
+WANDB_LOG_MODEL = False                # adapter folder as a W&B artifact at the end
+# Hardware presets. gpu_memory_gib = the card's memory as torch.cuda reports it (nvidia-smi MiB / 1024); the
+# dry run compares memory.estimate_memory with it (README "Memory estimate" has the per-model verdicts).
 PRESETS = {
-    # T4: 16 GB, no bf16 -> fp16; 4-bit QLoRA + checkpointing to fit an 8B model
+    # T4 (15.0 GiB, no bf16 -> fp16): an 8B model fits only as 4-bit QLoRA + checkpointing at 2048 tokens
+    # (~13.5-13.8 GiB); at 4096 the fp32 logits alone would take 5.9 GiB more
     "colab-t4": dict(load_in_4bit=True, dtype="fp16", gradient_checkpointing=True, max_length=2048,
-                     batch_size=1, gradient_accumulation_steps=16),
-    # 8B bf16 weights (16 GB) + activations at 4k tokens need checkpointing on 40 GB
+                     batch_size=1, gradient_accumulation_steps=16, gpu_memory_gib=15.0),
+    # L4 ("24 GB" = 22.5 GiB, bf16): bf16 weights (15 GiB) + 4k-token logits (5.9 GiB) + reserve leave no
+    # margin, so 4-bit QLoRA + checkpointing keeps upstream's 4096 tokens with ~4.5 GiB to spare
+    "l4-24g": dict(load_in_4bit=True, dtype="bf16", gradient_checkpointing=True, max_length=4096,
+                   batch_size=1, gradient_accumulation_steps=16, gpu_memory_gib=22.5),
+    # A100-40GB: 8B bf16 weights (15 GiB) + 2 x 4k tokens need checkpointing (~30-31 GiB)
     "a100-40g": dict(dtype="bf16", gradient_checkpointing=True, max_length=4096, batch_size=2,
-                     gradient_accumulation_steps=8),
-    # 80 GB holds 4k-token activations without checkpointing (about 1/3 faster)
+                     gradient_accumulation_steps=8, gpu_memory_gib=40.0),
+    # H100 80GB (79.6 GiB): holds 4k-token activations without checkpointing (~53 GiB; about 1/3 faster)
     "h100-80g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=1,
-                     gradient_accumulation_steps=16),
+                     gradient_accumulation_steps=16, gpu_memory_gib=79.6),
+    # A100-80GB: the same memory and bf16 as the H100, so the same settings (its own entry so a runtime
+    # check can name the card); upstream users ran 8-bit there, which bf16 LoRA does not need (~53 GiB)
+    "a100-80g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=1,
+                     gradient_accumulation_steps=16, gpu_memory_gib=80.0),
+    # H200 (140.4 GiB): two 4k-token examples per micro-batch without checkpointing (~96 GiB)
+    "h200-141g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=2,
+                      gradient_accumulation_steps=8, gpu_memory_gib=140.4),
     # the embedded model on a laptop/CI CPU
     "cpu": dict(max_length=1024, batch_size=1, gradient_accumulation_steps=4, eval_steps=10, save_steps=10),
 }
+TARGET_MODELS = ("llama3.1-8b", "deepseek-r1-distill-llama-8b", "qwen2.5-7b-instruct")   # the dry run's verdict table
 
 
 def build_parser(suppress_defaults=False):
@@ -133,7 +153,10 @@ def build_parser(suppress_defaults=False):
     add("--ds_config", None, help="DeepSpeed config JSON (e.g. config.json); needs deepspeed")
     add("--resume_from_checkpoint", None, help="checkpoint folder, or 'last' for the newest in --output_dir")
     add("--seed", SEED, type=int, help="seed for LoRA init and data order")
-    add("--report_to", REPORT_TO, help="tensorboard, wandb, none, or a comma-separated list")
+    add("--report_to", REPORT_TO, help="auto (TensorBoard, + W&B with WANDB_API_KEY or WANDB_MODE=offline), "
+        "tensorboard, wandb, none, or a comma-separated list")
+    add("--wandb_project", WANDB_PROJECT, help="W&B project (default $WANDB_PROJECT, else fingpt-forecaster)")
+    add_bool("--wandb_log_model", WANDB_LOG_MODEL, "log the adapter folder to W&B as a model artifact")
     add("--eval_generate", EVAL_GENERATE, type=int,
         help="validation prompts generated at each eval to log binary accuracy / MSE / format failures")
     add("--eval_max_new_tokens", EVAL_MAX_NEW_TOKENS, type=int, help="tokens generated per eval prompt")
@@ -150,12 +173,16 @@ def build_parser(suppress_defaults=False):
              "--eval_generate, else validation loss)")
     add_bool("--merge", False, "also write a merged model to <output_dir>/merged")
     add_bool("--dry_run", False, "print configuration, supervision audit and memory estimate; no training")
+    # The deepspeed launcher appends --local_rank=N to every rank's arguments. Accepted and ignored:
+    # the LOCAL_RANK environment variable (set by deepspeed, torchrun and accelerate alike) rules.
+    add("--local_rank", None, type=int, help=argparse.SUPPRESS)
     return p
 
 
 def parse_args(argv=None):
     """Parsed args with the preset applied under explicitly given flags."""
     args = build_parser().parse_args(argv)
+    del args.local_rank                         # LOCAL_RANK in the environment rules (see build_parser)
     explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
     if args.preset:
         for key, value in PRESETS[args.preset].items():
@@ -195,22 +222,24 @@ def validate_args(args):
         problems.append(f"--keep_best needs --save_steps ({args.save_steps}) to be a multiple of "
                         f"--eval_steps ({args.eval_steps})")
     reporters = [r.strip() for r in args.report_to.split(",") if r.strip()]
-    unknown = [r for r in reporters if r not in ("tensorboard", "wandb", "none")]
+    unknown = [r for r in reporters if r not in ("auto", "tensorboard", "wandb", "none")]
     if unknown:
-        problems.append(f"--report_to: unknown {', '.join(unknown)} (tensorboard, wandb, none)")
+        problems.append(f"--report_to: unknown {', '.join(unknown)} (auto, tensorboard, wandb, none)")
+    if args.wandb_log_model and "wandb" not in tracking.reporters(tracking.resolve_report_to(args.report_to)[0]):
+        problems.append("--wandb_log_model needs W&B logging: WANDB_API_KEY (environment or .env) or "
+                        "WANDB_MODE=offline, and --report_to auto or wandb")
     import importlib.util
     if not args.dry_run:
-        if "wandb" in reporters and importlib.util.find_spec("wandb") is None:
-            problems.append("--report_to wandb needs `pip install wandb` (WANDB_MODE=offline works offline)")
+        if "wandb" in reporters:                # never a login prompt: a key or WANDB_MODE=offline, else Error
+            problems += tracking.wandb_problems("--report_to wandb")
         if "tensorboard" in reporters and importlib.util.find_spec("tensorboard") is None \
                 and importlib.util.find_spec("tensorboardX") is None:
             problems.append("--report_to tensorboard needs `pip install tensorboard`")
         if args.ds_config and importlib.util.find_spec("deepspeed") is None:
             problems.append("--ds_config needs deepspeed: pip install -r requirements-gpu.txt (GPU machines)")
-        if args.load_in_8bit or args.load_in_4bit:
-            import torch
-            if not torch.cuda.is_available():
-                problems.append("--load_in_8bit/--load_in_4bit need a CUDA GPU (bitsandbytes); drop them on CPU")
+        if (args.load_in_8bit or args.load_in_4bit) and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("--load_in_8bit/--load_in_4bit need bitsandbytes: pip install -r requirements-gpu.txt "
+                            "(it runs on CUDA and, slower, on CPU)")
         if args.resume_from_checkpoint and args.resume_from_checkpoint != "last" \
                 and not Path(args.resume_from_checkpoint).is_dir():
             problems.append(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder")
@@ -228,7 +257,21 @@ def validate_args(args):
         problems.append("--dpo and --hitl_data are separate stages: run the SFT with --hitl_data first")
     if args.ds_config and not Path(args.ds_config).is_file():
         problems.append(f"--ds_config {args.ds_config}: no such file (the repo ships config.json)")
+    if fsdp_requested():
+        import torch
+        if not torch.cuda.is_available():
+            # accelerate turns FSDP on only for GPU states: on a CPU it would quietly train plain DDP
+            problems.append("FSDP (accelerate launch --use_fsdp) needs CUDA GPUs; this machine has none. On CPU "
+                            "use the DeepSpeed blocks (bash train.sh llama) or torchrun (bash train.sh torchrun)")
+        if args.ds_config:
+            problems.append("--ds_config and FSDP (accelerate launch --use_fsdp) exclude each other; pick one")
     return problems
+
+
+def fsdp_requested():
+    """True when launched by `accelerate launch --use_fsdp` (it tells the ranks through the environment)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,32 +350,6 @@ def build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_na
 
 
 # ---------------------------------------------------------------------------------------------
-# Memory estimate (dry run)
-# ---------------------------------------------------------------------------------------------
-def estimate_memory(arch, dtype, r, targets, micro_batch, seq_len, gradient_checkpointing,
-                    load_in_8bit=False, load_in_4bit=False):
-    """Rough GPU memory in GiB: weights, LoRA adapter + grads + AdamW state (fp32), activations.
-    Activations per token per layer ~ (12 h + 6 i) values kept for backward; logits in fp32 twice."""
-    from models import count_parameters, lora_parameters
-    n_params = count_parameters(arch)
-    bytes_per = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
-    weight_bytes = n_params * (1 if load_in_8bit else 0.56 if load_in_4bit else bytes_per)
-    adapter = lora_parameters(arch, r, targets)
-    adapter_bytes = adapter * 16                # fp32 weight + grad + 2 AdamW moments
-    h, i, n = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"]
-    act_bytes = 2 if dtype != "fp32" else 4
-    tokens = micro_batch * seq_len
-    per_layer = tokens * (12 * h + 6 * i) * act_bytes
-    layers = (n * tokens * h * act_bytes + per_layer) if gradient_checkpointing else n * per_layer
-    logits = tokens * arch["vocab_size"] * 4 * 2
-    gib = 2 ** 30
-    out = {"parameters": n_params, "lora_parameters": adapter, "weights_gib": weight_bytes / gib,
-           "adapter_and_optimizer_gib": adapter_bytes / gib, "activations_gib": (layers + logits) / gib}
-    out["total_gib"] = sum(v for k, v in out.items() if k.endswith("_gib"))
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------------------------
 # Model, trainer, callbacks
 # ---------------------------------------------------------------------------------------------
 def build_model(args, spec):
@@ -364,7 +381,9 @@ def target_modules(args, spec):
 class GenerationEvalCallback:
     """At each evaluation, greedy-generate answers for N validation prompts (batched, left padding) and
     log binary accuracy, MSE and format-failure rate (utils.calc_metrics) as eval_* metrics, so
-    --keep_best can select the checkpoint by validation accuracy. Never sees the test split."""
+    --keep_best can select the checkpoint by validation accuracy. Never sees the test split.
+    Each evaluation's generations (id, prompt excerpt, output, parsed direction, truth) are kept in
+    `last_generations` (the W&B table) and saved to <output_dir>/eval_generations/step-N.jsonl."""
 
     def __init__(self, tokenizer, style, rows, max_length, max_new_tokens=EVAL_MAX_NEW_TOKENS, batch_size=8):
         self.tokenizer, self.style = tokenizer, get_style(style)
@@ -373,8 +392,11 @@ class GenerationEvalCallback:
         self.prompts = [fit_prompt(tokenizer, self.style, *row_parts(r)[:2], budget)[0] for r in rows]
         self.references = [r["answer"] for r in rows]
         self.labels = [r["label"] for r in rows]
+        self.ids = [r.get("id") for r in rows]
+        self.excerpts = [tracking.prompt_excerpt(row_parts(r)[1]) for r in rows]
         self.trainer = None                     # set after the Trainer is built, to log through it
         self.history = []
+        self.last_generations = []
 
     def generate(self, model):
         import torch
@@ -408,9 +430,14 @@ class GenerationEvalCallback:
         return outputs
 
     def task_metrics(self, model):
-        from utils import calc_metrics
+        from utils import score_pair, summarize_pairs
         answers = self.generate(model)
-        m = calc_metrics(answers, self.references, labels=self.labels)
+        pairs = [score_pair(a, g, label) for a, g, label in zip(answers, self.references, self.labels)]
+        m = summarize_pairs(pairs)              # = utils.calc_metrics, keeping the per-answer records
+        self.last_generations = [
+            {"id": i, "prompt_excerpt": excerpt, "output": a, "direction": p["direction"], "label": label,
+             "correct": p["correct"], "format_ok": p["format_ok"]}
+            for i, excerpt, a, label, p in zip(self.ids, self.excerpts, answers, self.labels, pairs)]
         return {"eval_binary_accuracy": m["binary_accuracy"], "eval_mse": m.get("mse"),
                 "eval_format_failure_rate": m["format_failures"] / max(1, m["n"]), "eval_generated": m["n"]}
 
@@ -420,6 +447,11 @@ class GenerationEvalCallback:
         if metrics is not None:
             metrics.update(extra)               # before Trainer picks the best checkpoint
         self.history.append(dict(extra, step=state.global_step))
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / "eval_generations"
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"step-{state.global_step}.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(dict(r, step=state.global_step)) + "\n" for r in self.last_generations)
         if self.trainer is not None:
             self.trainer.log(extra)             # TensorBoard / W&B
         return control
@@ -437,7 +469,7 @@ def training_arguments(args, dtype):
     from transformers import TrainingArguments
     cuda = torch.cuda.is_available()
     evaluate = args.evaluation_strategy != "no"
-    reporters = [r.strip() for r in args.report_to.split(",") if r.strip() and r.strip() != "none"] or "none"
+    reporters = tracking.reporters(tracking.resolve_report_to(args.report_to)[0]) or "none"
     best_metric = "binary_accuracy" if args.eval_generate > 0 else "loss"
     return TrainingArguments(
         output_dir=args.output_dir, run_name=args.run_name, seed=args.seed, data_seed=args.seed,
@@ -452,7 +484,9 @@ def training_arguments(args, dtype):
         save_total_limit=args.save_total_limit,
         load_best_model_at_end=args.keep_best, metric_for_best_model=best_metric if args.keep_best else None,
         greater_is_better=(best_metric != "loss") if args.keep_best else None,
-        bf16=cuda and dtype == "bf16", fp16=cuda and dtype == "fp16",
+        # use_cpu: without CUDA the Trainer (and DeepSpeed under it) must be told it runs on the CPU, else
+        # DeepSpeed stops with "Your setup doesn't support bf16/gpu"; launchers still give it several ranks
+        use_cpu=not cuda, bf16=cuda and dtype == "bf16", fp16=cuda and dtype == "fp16",
         gradient_checkpointing=args.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if args.group_by_length and args.batch_size > 1 else "random",
@@ -473,6 +507,7 @@ def build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_row
         generator = GenerationEvalCallback(tokenizer, style, val_rows[:args.eval_generate], args.max_length,
                                            args.eval_max_new_tokens, batch_size=max(1, args.batch_size * 4))
         callbacks.append(_as_trainer_callback(generator))
+    callbacks += tracking.training_callbacks(args, generator)   # W&B: throughput, peak memory, generations table
     trainer = Trainer(model=model, args=training_arguments(args, dtype), train_dataset=train_ds,
                       eval_dataset=eval_ds, processing_class=tokenizer,
                       data_collator=PaddingCollator(tokenizer.pad_token_id,
@@ -516,10 +551,21 @@ def save_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2, default=str))
 
 
+def save_audit(args, audit):
+    """audit.json before training, so a run that crashes still shows what it trained on (rank 0 only)."""
+    from models import process_rank
+    if process_rank() == 0:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        save_json(Path(args.output_dir) / "audit.json", audit)
+
+
 def merge_adapter(args, out):
-    """Base (full precision, not quantized) + adapter -> merged model in out/merged."""
+    """Base (full precision, not quantized) + adapter -> merged model in out/merged.
+    Rank 0 only: the other ranks would load a second base model for nothing and write the same files."""
     from peft import PeftModel
-    from models import load_model
+    from models import load_model, process_rank
+    if process_rank() != 0:
+        return None
     base, tokenizer, _ = load_model(args.base_model, dtype=args.dtype if args.dtype != "fp32" else None,
                                     cache_dir=args.cache_dir, prompt_style=args.prompt_style)
     merged = PeftModel.from_pretrained(base, out).merge_and_unload()
@@ -551,9 +597,12 @@ def dry_run_tokenizer(spec, cache_dir):
 def main(argv=None):
     started = time.time()
     args = parse_args(argv)
+    args.report_to, report_note = tracking.resolve_report_to(args.report_to)   # auto -> tensorboard[,wandb]
     problems = validate_args(args)
     if problems:
         fail("; ".join(problems))
+    if report_note and tracking.is_main_process():
+        print(f"note: {report_note}")
     if args.dpo:
         from dpo_stage import run_dpo
         return run_dpo(args)
@@ -582,12 +631,16 @@ def main(argv=None):
     print(format_audit(audit))
     if not train_feats:
         fail(f"every training example was dropped (see the audit); raise --max_length ({args.max_length})")
+    if args.evaluation_strategy != "no" and not val_feats:
+        fail(f"every validation example was dropped (see the audit); raise --max_length ({args.max_length}) "
+             "or pass --evaluation_strategy no")
+    from memory import estimate_memory, format_estimate, format_preset_table, preset_table
     memory = None
     if spec.arch_config and "hidden_size" in spec.arch_config:
+        # at --max_length, not this dataset's longest example: a batch of the longest must fit, whatever the data
         memory = estimate_memory(spec.arch_config, dtype, args.lora_r, target_modules(args, spec),
-                                 args.batch_size, min(args.max_length, audit["splits"]["train"]
-                                                      ["tokens_per_example"].get("max", args.max_length)),
-                                 args.gradient_checkpointing, args.load_in_8bit, args.load_in_4bit)
+                                 args.batch_size, args.max_length, args.gradient_checkpointing,
+                                 args.load_in_8bit, args.load_in_4bit, args.lora_dropout)
     resolved = {"args": vars(args), "model": spec.to_dict(), "dtype": dtype, "prompt_style": style.name,
                 "scheduler": scheduler_name(args), "memory_estimate": memory}
     if args.dry_run:
@@ -595,15 +648,21 @@ def main(argv=None):
                                                         {"model": {k: v for k, v in spec.to_dict().items()
                                                                    if k != "arch_config"}}, indent=2, default=str))
         if memory:
-            print(f"GPU memory estimate at micro-batch {args.batch_size}: weights {memory['weights_gib']} GiB, "
-                  f"adapter + optimizer {memory['adapter_and_optimizer_gib']} GiB, activations "
-                  f"{memory['activations_gib']} GiB, total ~{memory['total_gib']} GiB")
+            print(f"GPU memory estimate for {spec.name} at {args.max_length} tokens x micro-batch {args.batch_size}: "
+                  + format_estimate(memory, getattr(args, "gpu_memory_gib", None)))
+        from models import MODELS
+        targets = {k: MODELS[k] for k in TARGET_MODELS}
+        print(f"Memory verdict per GPU preset (LoRA r={args.lora_r}; README 'Memory estimate'):\n"
+              + format_preset_table(preset_table(PRESETS, targets, args.lora_r, lora_dropout=args.lora_dropout)))
         print("dry run: nothing trained")
         return resolved
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "audit.json", audit)
+    save_audit(args, audit)
+    try:
+        tracking.start_training_run(args, resolved, audit)      # W&B run (if among --report_to), before the Trainer
+    except tracking.TrackingError as exc:
+        fail(str(exc))
     model, tokenizer, spec = build_model(args, spec)
     model.print_trainable_parameters()
     trainer, generator = build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_rows, dtype)
@@ -612,28 +671,40 @@ def main(argv=None):
     train_wall = time.time() - train_started
     outputs = save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_wall, generator)
     if args.merge:
-        outputs["merged"] = str(merge_adapter(args, out))
+        merged = merge_adapter(args, out)
+        outputs["merged"] = str(merged) if merged else None
+    tracking.finish_training_run(args, outputs)                 # totals, --wandb_log_model artifact, wandb_run.json
     total = time.time() - started
-    print(f"adapter written to {out} in {total / 60:.1f} min: {result.global_step} steps, final train loss "
-          f"{result.training_loss:.4f}, {outputs['timing']['train_tokens_per_s']:.0f} tokens/s")
+    engine = outputs["timing"]["engine"]
+    from models import process_rank
+    if process_rank() == 0:
+        print(f"adapter written to {out} in {total / 60:.1f} min: {result.global_step} steps, final train loss "
+              f"{result.training_loss:.4f}, {outputs['timing']['train_tokens_per_s']:.0f} tokens/s "
+              f"({engine['distributed_type']}, {engine['world_size']} rank(s))")
     return outputs
 
 
 def save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_wall, generator):
-    from models import environment_info
+    """Adapter, tokenizer and run files, written by rank 0 only (every rank would write the same paths)."""
+    from models import environment_info, process_rank, training_engine
     out = Path(args.output_dir)
-    trainer.save_model(str(out))                # adapter + tokenizer (processing_class)
-    trainer.save_state()                        # trainer_state.json
-    style.save(out)
+    writer = process_rank() == 0
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        trainer.save_model(str(out))            # collective (ZeRO-3/FSDP gather shards); the Trainer writes on rank 0
+    elif writer:
+        trainer.save_model(str(out))            # adapter + tokenizer (processing_class)
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     timing = {"train_wall_s": round(train_wall, 1), "global_step": result.global_step,
               "train_tokens_seen": tokens, "train_tokens_per_s": tokens / train_wall if train_wall else 0.0,
-              "training_loss": result.training_loss} | peak_memory()
+              "training_loss": result.training_loss, "engine": training_engine(trainer)} | peak_memory()
     if generator is not None:
         timing["eval_generate_history"] = generator.history
-    save_json(out / "args.json", resolved)
-    save_json(out / "environment.json", environment_info())
-    save_json(out / "timing.json", timing)
+    if writer:
+        trainer.save_state()                    # trainer_state.json
+        style.save(out)
+        save_json(out / "args.json", resolved)
+        save_json(out / "environment.json", environment_info())
+        save_json(out / "timing.json", timing)
     return {"output_dir": str(out), "timing": timing}
 
 

@@ -40,7 +40,29 @@ def parse_args(argv=None):
     p.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations (ours)")
     p.add_argument("--only", choices=["ours", "upstream"], help="measure one setting only")
     p.add_argument("--json", help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    p.add_argument("--estimate_only", action="store_true", help="print (and --json) memory.estimate_memory for "
+                   "this setting and exit: no torch, no GPU (bench/gpu_check.sh --dry)")
+    args = p.parse_args(argv)
+    if min(args.steps, args.examples, args.seq_len, args.batch_size) < 1:
+        p.error("--steps, --examples, --seq_len and --batch_size must be at least 1")
+    return args
+
+
+def memory_estimate(args, dtype):
+    """memory.estimate_memory for "ours": the longest micro-batch (lengths padded to a multiple of 8 when
+    batched), LoRA r=8 on the 7 projections with dropout 0.1, autocast as in measure()."""
+    import memory
+    import models
+    spec = models.resolve_model(args.arch)
+    longest = max(make_lengths(args.examples, args.seq_len))
+    if args.batch_size > 1:
+        longest = -(-longest // 8) * 8
+    est = memory.estimate_memory(spec.arch_config, dtype, LORA_R, spec.lora_targets, args.batch_size, longest,
+                                 args.gradient_checkpointing, lora_dropout=0.1)
+    # torch.cuda.max_memory_allocated does not see the CUDA context: compare it with the total without the reserve
+    est["allocated_gib"] = round(est["total_gib"] - est["runtime_reserve_gib"], 2)
+    est["seq_len"] = longest
+    return est
 
 
 def make_lengths(n, mean, seed=0):
@@ -115,9 +137,20 @@ def build(args, dtype_name, device):
 
 
 def main(argv=None):
+    args = parse_args(argv)
+    if args.estimate_only:
+        import memory
+        est = memory_estimate(args, "bf16")
+        print(f"memory estimate, {args.arch} bf16 LoRA r={LORA_R}, micro-batch {args.batch_size} x {est['seq_len']} "
+              f"tokens, checkpointing {'on' if args.gradient_checkpointing else 'off'}: "
+              + memory.format_estimate(est) + f" (allocated by torch: {est['allocated_gib']} GiB)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"arch": args.arch, "batch_size": args.batch_size,
+                                                   "gradient_checkpointing": args.gradient_checkpointing,
+                                                   "memory_estimate": est}, indent=2))
+        return est
     import torch
     import models
-    args = parse_args(argv)
     cuda = torch.cuda.is_available()
     if args.random_init and not cuda and models.resolve_model(args.arch).name != "smollm2-135m":
         print(f"Error: --random_init {args.arch} is a GPU mode (an 8B model needs ~16 GB in bf16); run it on a "
@@ -145,6 +178,11 @@ def main(argv=None):
         vocab = model.config.vocab_size if hasattr(model, "config") else 1000
         r = measure(model, device, lengths, s["batch_size"], s["grouped"], args.steps, s["autocast"], vocab)
         results[name] = dict(r, dtype=s["dtype"], batch_size=s["batch_size"], grouped=s["grouped"])
+        if name == "ours" and cuda and s["dtype"] != "fp32":
+            est = memory_estimate(args, s["dtype"])
+            results[name]["memory_estimate"] = est
+            print(f"GPU peak {r['gpu_peak_gib']:.1f} GiB allocated vs estimate {est['allocated_gib']:.1f} GiB "
+                  f"({est['allocated_gib'] / r['gpu_peak_gib'] - 1:+.0%})", flush=True)
         print(f"{name:9s} {s['dtype']} batch {s['batch_size']}: {r['tokens_per_s']:.0f} tokens/s, "
               f"{r['s_per_step']:.1f} s/step, padding waste {r['padding_waste']:.1%}"
               + (f", GPU peak {r['gpu_peak_gib']:.1f} GiB" if "gpu_peak_gib" in r else ""), flush=True)

@@ -94,6 +94,31 @@ def test_default_dtype_follows_the_hardware(monkeypatch):
     assert models.default_dtype() == "fp16"     # a T4
 
 
+def fake_cuda_card(monkeypatch, name, major, minor):
+    """Only the CUDA queries are replaced; torch's own is_bf16_supported runs on top of them. A pre-Ampere card
+    can still create bf16 tensors (emulation), which is what made the old default say bf16 on a T4."""
+    import types
+
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(name=name, major=major, minor=minor))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.parametrize("card, major, minor, expected", [
+    ("Tesla T4", 7, 5, "fp16"), ("Tesla V100-SXM2-16GB", 7, 0, "fp16"),
+    ("NVIDIA A100-SXM4-40GB", 8, 0, "bf16"), ("NVIDIA L4", 8, 9, "bf16"), ("NVIDIA H100 80GB HBM3", 9, 0, "bf16")])
+def test_default_dtype_is_fp16_on_cards_that_only_emulate_bf16(monkeypatch, card, major, minor, expected):
+    import torch
+    fake_cuda_card(monkeypatch, card, major, minor)
+    assert torch.cuda.is_bf16_supported()               # torch's default counts emulation: True even on a T4
+    assert models.default_dtype() == expected
+    assert models.cuda_bf16_native() == (expected == "bf16")
+
+
 def test_embedded_model_loads_under_its_registry_name_never_a_cache_path(embedded_model_dir):
     model, tokenizer, spec = models.load_model("smollm2-135m", dtype="fp32")
     assert spec.name == "smollm2-135m" and model.config._name_or_path == "smollm2-135m"
