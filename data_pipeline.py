@@ -12,7 +12,9 @@ Leak rules (checked by tests on each record's provenance dates, not on rendered 
   * the prompt's prices end at the last close on or before the prediction week's start Sunday;
   * news comes from past weeks only (dated before the prediction week);
   * a quarter's financials are shown only once filed: filing date when the source gives one, else
-    period end + 45 days (Q1-Q3) or + 90 days (fiscal Q4, whose 10-K comes later).
+    period end + 45 days (Q1-Q3) or + 90 days (fiscal Q4, whose 10-K comes later);
+  * a week is labelled only when every session before its end Sunday has a final close (exchange
+    calendar, market_calendar.py): the week in progress never gets a label.
 """
 import argparse
 import hashlib
@@ -21,6 +23,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
@@ -29,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+import market_calendar
 import prompt as P
 from dataset_io import DatasetError, format_summary, load_forecast_dataset, summarize
 
@@ -48,7 +52,8 @@ VAL_FRACTION, TEST_FRACTION = 0.15, 0.15   # of prediction weeks, when no cutoff
 TEACHER_MODEL = "gpt-4o-mini"
 TEACHER_TEMPERATURE = 0.7
 TEACHER_MAX_TOKENS = 1024          # public answers are 1.3k-3.1k characters (< 800 tokens)
-FINNHUB_CALLS_PER_MINUTE = 60      # free plan
+FINNHUB_CALLS_PER_MINUTE = 55      # free plan: 60, but Finnhub has answered 429 below that
+LIVE_WEEKS = market_calendar.DEFAULT_WEEKS   # live default range: the last 52 completed weeks
 CACHE_ENV = "FORECASTER_CACHE"
 TEACHER_RETRIES = 2
 TEACHER_CONCURRENCY = 8
@@ -63,13 +68,21 @@ def _date(x):
 # ---------------------------------------------------------------------------------------------
 # Pure transforms: weekly windows, news selection, financials availability
 # ---------------------------------------------------------------------------------------------
-def weekly_windows(closes, first_sunday, last_sunday):
+def weekly_windows(closes, first_sunday, last_sunday, unfinished_from=None):
     """Sunday-to-Sunday windows: price at each Sunday = last close on or before it.
+
+    `unfinished_from` = the first session whose close is not final yet (market_calendar): its bar and
+    later ones (a live quote during market hours) are ignored, and a Sunday counts only when every
+    session before it is final, so the week in progress never gets a price, let alone a label.
 
     Returns [{start, end, start_price, end_price, start_price_date, end_price_date, weekly_return}].
     """
     closes = closes.dropna().sort_index()
     sundays = pd.date_range(pd.Timestamp(first_sunday), pd.Timestamp(last_sunday), freq="W-SUN")
+    if unfinished_from is not None:
+        unfinished_from = pd.Timestamp(unfinished_from)
+        closes = closes.loc[closes.index < unfinished_from]
+        sundays = sundays[sundays < unfinished_from]
     points = []
     for s in sundays:
         known = closes.loc[:s]
@@ -191,7 +204,8 @@ def live_record(source, symbol, date, n_weeks=3, use_basics=False, max_news_per_
     closes = source.prices(symbol, first_sunday - pd.Timedelta(days=10), curday + pd.Timedelta(days=7))
     if closes is None or closes.dropna().empty:
         raise KeyError(f"{symbol}: no prices before {_date(curday)}")
-    weeks = weekly_windows(closes, first_sunday, curday + pd.Timedelta(days=7))
+    weeks = weekly_windows(closes, first_sunday, curday + pd.Timedelta(days=7),
+                           market_calendar.first_unfinished_session())
     past = [w for w in weeks if w["end"] <= _date(curday)][-n_weeks:]
     if not past:
         raise KeyError(f"{symbol}: no complete week of prices before {_date(curday)}")
@@ -204,6 +218,53 @@ def live_record(source, symbol, date, n_weeks=3, use_basics=False, max_news_per_
     rng = random.Random(f"{seed}|{symbol}|{_date(curday)}")
     return assemble_record(symbol, profile, past, news, quarters, target, max_news_per_week, rng,
                            lag_days, lag_days_q4)
+
+
+def first_past_sunday(start, max_past_weeks):
+    """The first Sunday whose week can be a past week of a prompt for a prediction week >= start: where
+    price and news ranges begin."""
+    first = pd.Timestamp(start) - pd.Timedelta(weeks=max_past_weeks)
+    return first + pd.offsets.Week(weekday=6) if first.day_of_week != 6 else first
+
+
+def news_coverage(rows_by_split):
+    """Share of prompts with at least one news item: overall, per split and per ticker.
+
+    >>> news_coverage({"train": [{"symbol": "A", "n_news": 2}, {"symbol": "B", "n_news": 0}],
+    ...                "test": [{"symbol": "A", "n_news": 0}]})["per_ticker"]
+    {'A': 0.5, 'B': 0.0}
+    """
+    def share(rows):
+        return round(sum(1 for r in rows if _has_news(r)) / len(rows), 4) if rows else None
+    every = [r for rows in rows_by_split.values() for r in rows]
+    tickers = sorted({r["symbol"] for r in every})
+    return {"prompts_with_news": share(every),
+            "per_split": {split: share(rows) for split, rows in rows_by_split.items()},
+            "per_ticker": {t: share([r for r in every if r["symbol"] == t]) for t in tickers}}
+
+
+def _has_news(row):
+    if row.get("n_news") is not None:
+        return row["n_news"] > 0
+    return "[Headline]:" in (row.get("prompt") or "")     # datasets without the provenance columns
+
+
+def format_coverage(coverage, capped_days=None):
+    """Lines for the console: coverage per split and per ticker, and the days whose news call was capped."""
+    pct = lambda x: "n/a" if x is None else f"{x * 100:.1f}%"   # noqa: E731
+    splits = " | ".join(f"{k} {pct(v)}" for k, v in coverage["per_split"].items())
+    lines = [f"news coverage (prompts with >= 1 news item): all {pct(coverage['prompts_with_news'])} | {splits}"]
+    per_ticker = coverage["per_ticker"]
+    low = sorted(per_ticker, key=lambda t: (per_ticker[t], t))
+    lines.append("  per ticker: " + ", ".join(f"{t} {pct(per_ticker[t])}" for t in low[:12])
+                 + (f" (lowest 12 of {len(low)}; all in build.json)" if len(low) > 12 else ""))
+    if capped_days is not None:
+        capped = {s: d for s, d in capped_days.items() if d}
+        lines.append("  news days capped (the day alone filled a response; its older items are missing): "
+                     + ("none" if not capped else
+                        "; ".join(f"{s} {len(d)} ({', '.join(d[:3])}{', ...' if len(d) > 3 else ''})"
+                                  for s, d in sorted(capped.items()))))
+    return lines
 
 
 def inference_prompt(record):
@@ -219,12 +280,14 @@ def build_records(source, symbols, start, end, *, min_past_weeks=MIN_PAST_WEEKS,
     """Prompt records for every symbol and prediction week with start Sunday in [start, end].
 
     Returns (records, errors): a symbol the source cannot serve is reported in `errors` and the other
-    symbols are still built."""
+    symbols are still built; a source error that no symbol can get past (a rejected key) is raised.
+    Only finished weeks are labelled (weekly_windows' `unfinished_from`, from the exchange calendar)."""
+    from sources import SourceFatalError
     if not 1 <= min_past_weeks <= max_past_weeks:
         raise ValueError(f"need 1 <= --min_past_weeks ({min_past_weeks}) <= --max_past_weeks ({max_past_weeks})")
-    first = pd.Timestamp(start) - pd.Timedelta(weeks=max_past_weeks + 1)
-    first_sunday = first + pd.offsets.Week(weekday=6) if first.day_of_week != 6 else first
+    first_sunday = first_past_sunday(start, max_past_weeks)
     last_sunday = pd.Timestamp(end) + pd.offsets.Week(weekday=6)
+    unfinished = market_calendar.first_unfinished_session()
     records, errors = [], {}
     for symbol in tqdm(symbols, desc="symbols", unit="sym", disable=not progress):
         try:
@@ -234,10 +297,12 @@ def build_records(source, symbols, start, end, *, min_past_weeks=MIN_PAST_WEEKS,
                 raise KeyError(f"{symbol}: no prices between {_date(first_sunday)} and {_date(last_sunday)}")
             news = source.news(symbol, _date(first_sunday), _date(last_sunday))
             quarters = source.financials(symbol)
+        except SourceFatalError:
+            raise
         except Exception as exc:   # one ticker failing must not sink the others; reported in build.json
             errors[symbol] = exc.args[0] if isinstance(exc, KeyError) and exc.args else f"{type(exc).__name__}: {exc}"
             continue
-        weeks = weekly_windows(closes, first_sunday, last_sunday)
+        weeks = weekly_windows(closes, first_sunday, last_sunday, unfinished)
         for i, target in enumerate(weeks):
             if not (start <= target["start"] <= end) or i < min_past_weeks:
                 continue
@@ -301,13 +366,17 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
     failures, usage = {}, {"prompt_tokens": 0, "completion_tokens": 0}
 
     from teachers import TeacherFatalError
+    stopped = threading.Event()      # set by the first fatal error: queued requests are never sent
 
     def ask(request):
         problems = []
         for _ in range(retries + 1):
+            if stopped.is_set():
+                return request, None, "not asked: the run stopped"
             try:
                 raw = teacher.answer(request)
             except TeacherFatalError:
+                stopped.set()
                 raise
             except Exception as exc:   # transport errors after the client's own retries
                 problems.append(f"{type(exc).__name__}: {exc}")
@@ -408,6 +477,7 @@ def build(args, source, teacher):
                          "journal in it is kept and reused)")
     out.mkdir(parents=True, exist_ok=True)
     symbols = resolve_symbols(args)
+    horizon_warning = warn_news_horizon(source, args.start, args.max_past_weeks)
     records, errors = build_records(
         source, symbols, args.start, args.end, min_past_weeks=args.min_past_weeks,
         max_past_weeks=args.max_past_weeks, max_news_per_week=args.max_news_per_week,
@@ -432,6 +502,10 @@ def build(args, source, teacher):
     answers, failures, teacher_stats = label_with_teacher(
         requests, teacher, out / "teacher_journal.jsonl", retries=args.teacher_retries,
         concurrency=args.teacher_concurrency)
+    if not answers:
+        first = next(iter(failures.values()), "no failure recorded")
+        raise ValueError(f"the teacher answered none of the {len(requests)} prompts, so no dataset was written; "
+                         f"first failure: {first[:300]}")
     rows_by_split, embargoed = {"train": [], "validation": [], "test": []}, 0
     for record in records:
         rid = f"{record['symbol']}|{record['period']}"
@@ -447,6 +521,10 @@ def build(args, source, teacher):
         f"Weekly forecasting prompts built from {source.name} data; answers by {teacher.model} "
         f"({args.teacher_mode} mode).")
     save_dataset(rows_by_split, out, description)
+    source_stats = getattr(source, "stats", lambda: {})()
+    coverage = dict(news_coverage(rows_by_split), capped_days=source_stats.get("news_capped_days"),
+                    news_horizon_warning=horizon_warning)
+    unfinished = market_calendar.first_unfinished_session()
     manifest = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "arguments": {k: v for k, v in vars(args).items() if k not in ("check",)},
@@ -456,16 +534,39 @@ def build(args, source, teacher):
         "counts": {k: len(v) for k, v in rows_by_split.items()},
         "prompts_built": len(records), "embargoed": embargoed,
         "teacher_failures": failures, "teacher_stats": teacher_stats,
+        "teacher_request": getattr(teacher, "request_parameters", lambda: None)(),
         "teacher_cost_usd": teacher_cost(teacher_stats, args),
-        "source_stats": getattr(source, "stats", lambda: {})(),
+        "news_coverage": coverage,
+        "labels": {"calendar": market_calendar.CALENDAR, "first_unfinished_session": _date(unfinished),
+                   "rule": "a week is labelled only when every session before its end Sunday closed "
+                           f"{market_calendar.PRICE_SETTLE_MINUTES}+ minutes before the build"},
+        "source_stats": source_stats,
         "wall_time_s": round(time.time() - started, 2), "versions": _versions(),
         "description": description,
     }
     (out / "build.json").write_text(json.dumps(manifest, indent=2))
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    for line in format_coverage(coverage, coverage["capped_days"]):   # None: the source has no call cap
+        print(line)
     print(f"wrote {out}: {counts} rows ({len(failures)} teacher failures, {len(errors)} tickers skipped, "
           f"{embargoed} embargoed) in {manifest['wall_time_s']:.1f}s")
     return manifest
+
+
+def warn_news_horizon(source, start, max_past_weeks):
+    """Before any call: a live build whose news range starts more than a year back gets a warning (the
+    free plan serves no older company news). Returns whether it warned."""
+    if getattr(source, "name", "") != "finnhub":
+        return False
+    news_start = first_past_sunday(start, max_past_weeks)
+    horizon = market_calendar.news_horizon()
+    if news_start >= horizon:
+        return False
+    print(f"Warning: prompts need news from {_date(news_start)}, but Finnhub's free plan serves company news "
+          f"for the last {market_calendar.NEWS_HORIZON_DAYS} days only (from {_date(horizon)}): weeks before that "
+          "will show no news unless your plan covers them. Omit --start/--end for the last 52 completed "
+          "weeks; build.json and --check report the coverage.", file=sys.stderr)
+    return True
 
 
 def teacher_cost(stats, args):
@@ -559,7 +660,7 @@ def parse_args(argv=None):
     p.add_argument("--cache_dir", help=f"raw response cache (default ${{{CACHE_ENV}}} or "
                    "~/.cache/fingpt-forecaster); a warm re-run makes zero network calls")
     p.add_argument("--finnhub_calls_per_minute", type=int, default=FINNHUB_CALLS_PER_MINUTE,
-                   help="Finnhub rate limit (free plan: 60 calls/min)")
+                   help="Finnhub rate limit, calls/min (free plan: 60; 55 leaves room for its early 429s)")
     p.add_argument("--finnhub_backoff_s", type=float, default=1.0,
                    help="base of the jittered exponential backoff on 429/5xx/timeouts, seconds")
     p.add_argument("--teacher", default=TEACHER, choices=["offline", "openai"],
@@ -581,8 +682,11 @@ def parse_args(argv=None):
                    help="teacher requests in flight at once")
     p.add_argument("--index", help="ticker universe from indices.py (dow30, dow30_2023, nasdaq100)")
     p.add_argument("--tickers", help="comma-separated tickers; overrides --index")
-    p.add_argument("--start", help=f"first prediction week start (YYYY-MM-DD); sample default {SAMPLE_START}")
-    p.add_argument("--end", help=f"last prediction week start (YYYY-MM-DD); sample default {SAMPLE_END}")
+    p.add_argument("--start", help=f"first prediction week start (YYYY-MM-DD); sample default {SAMPLE_START}; "
+                   f"finnhub default: the last {LIVE_WEEKS} completed weeks inside the news year, the first "
+                   "--max_past_weeks of them as past weeks only")
+    p.add_argument("--end", help=f"last prediction week start (YYYY-MM-DD); sample default {SAMPLE_END}; "
+                   "finnhub default: the start of the last completed week (its last session closed)")
     p.add_argument("--min_past_weeks", type=int, default=MIN_PAST_WEEKS, help="fewest past weeks per prompt")
     p.add_argument("--max_past_weeks", type=int, default=MAX_PAST_WEEKS, help="most past weeks per prompt")
     p.add_argument("--max_news_per_week", type=int, default=None,
@@ -608,8 +712,12 @@ def parse_args(argv=None):
             args.end = args.end or SAMPLE_END
             if args.max_news_per_week is None:
                 args.max_news_per_week = SAMPLE_MAX_NEWS_PER_WEEK
-        if not (args.start and args.end):
-            p.error("--start and --end are required for this source")
+        elif not (args.start and args.end):
+            try:
+                default_start, default_end = market_calendar.default_range(args.max_past_weeks, weeks=LIVE_WEEKS)
+            except ValueError as exc:
+                p.error(str(exc))
+            args.start, args.end = args.start or default_start, args.end or default_end
         args.max_news_per_week = args.max_news_per_week or MAX_NEWS_PER_WEEK
         if not 1 <= args.max_news_per_week <= P.MAX_NEWS_PER_WEEK:
             p.error(f"--max_news_per_week must be 1..{P.MAX_NEWS_PER_WEEK}")
@@ -635,6 +743,18 @@ def check(path, hindsight=None):
     dd = load_forecast_dataset(path)
     summary = summarize(dd, path, hindsight=True if hindsight else None)
     print(format_summary(summary))
+    rows_by_split = {}
+    for name, split in dd.items():
+        columns = [c for c in ("symbol", "n_news", "prompt") if c in split.column_names]
+        rows_by_split[name] = split.select_columns(columns).to_list() if "symbol" in columns else []
+    capped = None
+    manifest = Path(path) / "build.json"
+    if manifest.is_file():
+        capped = (json.loads(manifest.read_text()).get("news_coverage") or {}).get("capped_days")
+    if any(rows_by_split.values()):
+        summary["news_coverage"] = news_coverage(rows_by_split)
+        for line in format_coverage(summary["news_coverage"], capped):
+            print(line)
     return summary
 
 

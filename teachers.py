@@ -12,14 +12,16 @@ prompt's own content (news headlines, weekly price moves, the financials block) 
 import os
 import threading
 
+from openai_chat import ChatRules, FatalAPIError, create_chat, openai_api_key  # noqa: F401 (re-exported)
 from prompt import label_from_return
 
 _UPBEAT = ("jump", "52-week high", "new product", "expands", "partnership")
 _DOWNBEAT = ("slide", "52-week low", "falls")
 
 
-class TeacherFatalError(RuntimeError):
-    """No answer can succeed (bad key, unknown model): stop the run, keep the journal."""
+class TeacherFatalError(FatalAPIError):
+    """No answer can succeed (bad key, no credits, unknown model, a bad request that persists): stop
+    the run, keep the journal."""
 
 
 def _clip(text, limit=110):
@@ -96,15 +98,13 @@ def estimate_cost(requests, model, max_tokens, price_in=None, price_out=None):
     return prompt_tokens, completion_tokens, cost
 
 
-def openai_api_key():
-    """OPENAI_API_KEY, or upstream's OPENAI_KEY."""
-    return os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_KEY")
-
-
 class OpenAITeacher:
     """Any OpenAI-compatible chat server (OpenAI, vLLM, Ollama, llama.cpp server) via the openai client.
-    Thread-safe: data_pipeline runs several requests at once. A truncated answer (finish_reason
-    'length') raises, so the pipeline retries it instead of keeping half an answer."""
+    Thread-safe: data_pipeline runs several requests at once. Request parameters follow
+    openai_chat.ChatRules (max_completion_tokens / no temperature for reasoning models, learned from the
+    first 400 and kept for the run). A truncated answer (finish_reason 'length') raises, so the pipeline
+    retries it instead of keeping half an answer; a bad key, no credits, an unknown model or a bad request
+    that persists raise TeacherFatalError, which stops the run."""
     name = "openai"
 
     def __init__(self, model, base_url=None, api_key=None, temperature=0.7, max_tokens=1024,
@@ -115,18 +115,21 @@ class OpenAITeacher:
             raise ValueError("the openai teacher needs a key: set OPENAI_API_KEY (or OPENAI_KEY) in the "
                              "environment or .env; local servers accept any non-empty value")
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        self._key = api_key
         self.client = OpenAI(api_key=api_key, base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
                              timeout=timeout_s, max_retries=max_retries, http_client=http_client)
+        self.rules = ChatRules()
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
         self._lock = threading.Lock()
 
     def answer(self, request):
-        import openai
         try:
-            response = self._create(request)
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
-            raise TeacherFatalError(f"teacher {self.model}: {type(exc).__name__} — check the key, "
-                                    f"--teacher_base_url and --teacher_model ({exc.status_code})") from None
+            response = create_chat(self.client, self.model,
+                                   [{"role": "system", "content": request["system"]},
+                                    {"role": "user", "content": request["user"]}],
+                                   self.rules, self.max_tokens, api_key=self._key, temperature=self.temperature)
+        except FatalAPIError as exc:
+            raise TeacherFatalError(f"teacher {self.model}: {exc}") from None
         with self._lock:
             self.usage["requests"] += 1
             if response.usage:
@@ -134,14 +137,13 @@ class OpenAITeacher:
                 self.usage["completion_tokens"] += response.usage.completion_tokens or 0
         choice = response.choices[0]
         if choice.finish_reason == "length":
-            raise ValueError(f"truncated answer (hit max_tokens={self.max_tokens})")
+            raise ValueError(f"truncated answer (hit {self.rules.token_limit}={self.max_tokens})")
         return choice.message.content or ""
 
-    def _create(self, request):
-        return self.client.chat.completions.create(
-            model=self.model, temperature=self.temperature, max_tokens=self.max_tokens,
-            messages=[{"role": "system", "content": request["system"]},
-                      {"role": "user", "content": request["user"]}])
+    def request_parameters(self):
+        """What the server was sent, for build.json (learned rules included)."""
+        return {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature,
+                **self.rules.describe()}
 
 
 TEACHERS = {"offline": OfflineTeacher, "openai": OpenAITeacher}

@@ -1,14 +1,18 @@
 """Benchmark: API calls and simulated wall time of the data pipeline, ours vs upstream's pattern.
 
-Against the fake Finnhub server on 127.0.0.1 (made-up data), with the rate limiter's clock simulated
-so a 60 calls/min limit costs no real time:
-  * 30 tickers x 52 weeks: ours (one news call per ticker range, split only when capped; profile,
-    metric and filing dates once per ticker) vs the per-week baseline (upstream: one news call per
-    ticker-week plus profile and metric per ticker), cold cache and warm cache;
+Against the fake Finnhub server on 127.0.0.1 (made-up data; like the real one it returns only the
+newest 250 items per company-news call), with the rate limiter's clock simulated so the 55 calls/min
+limit costs no real time:
+  * 30 tickers x 52 weeks at 2 items per weekday: ours (one news call per ticker range, the older part
+    fetched again where a response is capped; profile, metric and filing dates once per ticker) vs the
+    per-week baseline (upstream: one news call per ticker-week plus profile and metric per ticker),
+    cold cache and warm cache;
+  * a busy ticker (80 and 150 items per weekday, a mega-cap's news flow): news calls, the share of the
+    served items each pattern retrieves, weeks with any news and weekdays retrieved complete;
   * teacher labelling wall time at concurrency 1 vs 8 against a fake OpenAI-compatible server that
     sleeps 200 ms per answer (a subset of prompts, real time).
 
-    python bench/data_calls.py [--tickers 30] [--weeks 52] [--teacher_prompts 48]
+    python bench/data_calls.py [--tickers 30] [--weeks 52] [--busy 80,150] [--teacher_prompts 48]
 """
 import argparse
 import shutil
@@ -24,15 +28,21 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import data_pipeline as dp  # noqa: E402
 from fake_servers import FakeFinnhub, FakeOpenAI  # noqa: E402
-from sources import FinnhubData, SimulatedClock  # noqa: E402
+from sources import FINNHUB_CALLS_PER_MINUTE, FinnhubData, SimulatedClock  # noqa: E402
 from teachers import OpenAITeacher  # noqa: E402
 
 KEY = "bench-key"
+NOW = pd.Timestamp("2024-05-06 12:00", tz="UTC")      # the fake server's "today" too: every range is final and inside the news year
+
+
+def finnhub(url, cache):
+    clock = SimulatedClock()
+    data = FinnhubData(KEY, cache_dir=cache, base_url=url, clock=clock, sleep=clock.sleep, now=lambda: NOW)
+    return data, clock
 
 
 def ours(url, cache, symbols, start, end):
-    clock = SimulatedClock()
-    data = FinnhubData(KEY, cache_dir=cache, base_url=url, clock=clock, sleep=clock.sleep)
+    data, clock = finnhub(url, cache)
     for s in symbols:
         data.profile(s)
         data.news(s, start, end)
@@ -42,8 +52,7 @@ def ours(url, cache, symbols, start, end):
 
 def per_week_baseline(url, cache, symbols, start, end):
     """Upstream's pattern: news fetched one week at a time (no cache across runs)."""
-    clock = SimulatedClock()
-    data = FinnhubData(KEY, cache_dir=cache, base_url=url, clock=clock, sleep=clock.sleep)
+    data, clock = finnhub(url, cache)
     sundays = pd.date_range(start, end, freq="W-SUN")
     for s in symbols:
         data.profile(s)
@@ -53,6 +62,40 @@ def per_week_baseline(url, cache, symbols, start, end):
                                         "to": (b - pd.Timedelta(days=1)).strftime("%Y-%m-%d")},
                        data.client.company_news)
     return sum(data.api_calls.values()), clock.now
+
+
+def busy_ticker(per_day, start, end):
+    """(row label, figures) for one busy ticker over [start, end): ours vs one call per week."""
+    symbol = "BUSY"
+    weekdays = pd.bdate_range(start, pd.Timestamp(end) - pd.Timedelta(days=1))
+    sundays = pd.date_range(start, end, freq="W-SUN")
+    rows = {}
+    with FakeFinnhub(symbols=[symbol], today=NOW.strftime("%Y-%m-%d")) as fin:
+        fin.busy = {symbol: per_day}
+        with tempfile.TemporaryDirectory() as cache:
+            data, _ = finnhub(fin.url, cache)
+            items = data.news(symbol, start, end)
+            rows["ours"] = (data.api_calls["company-news"], items, len(data.capped_days.get(symbol, [])))
+        with tempfile.TemporaryDirectory() as cache:
+            data, _ = finnhub(fin.url, cache)
+            got = []
+            for a, b in zip(sundays, sundays[1:]):
+                got += data._call("company-news", {"symbol": symbol, "_from": a.strftime("%Y-%m-%d"),
+                                                   "to": (b - pd.Timedelta(days=1)).strftime("%Y-%m-%d")},
+                                  data.client.company_news)
+            days = [pd.Timestamp(n["datetime"], unit="s").strftime("%Y-%m-%d") for n in got]
+            rows["per-week baseline"] = (data.api_calls["company-news"], [{"date": d} for d in days], None)
+    served = per_day * len(weekdays)
+    out = []
+    for name, (calls, items, capped) in rows.items():
+        per_day_got = pd.Series([n["date"] for n in items]).value_counts() if items else pd.Series(dtype=int)
+        weeks_with = sum(any(a.strftime("%Y-%m-%d") <= d < b.strftime("%Y-%m-%d") for d in per_day_got.index)
+                         for a, b in zip(sundays, sundays[1:]))
+        complete = int((per_day_got >= per_day).sum())
+        out.append(f"  {per_day:3d}/weekday, {name:17s}: {calls:4d} news calls, {len(items) / served * 100:5.1f}% "
+                   f"of {served} items, weeks with news {weeks_with}/{len(sundays) - 1}, weekdays complete "
+                   f"{complete}/{len(weekdays)}" + (f", capped days recorded {capped}" if capped is not None else ""))
+    return out
 
 
 def teacher_wall_time(url, requests, concurrency):
@@ -71,23 +114,29 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tickers", type=int, default=30, help="number of (made-up) tickers")
     p.add_argument("--weeks", type=int, default=52, help="weeks of news per ticker")
+    p.add_argument("--busy", default="80,150", help="items per weekday of the busy-ticker case, comma-separated")
     p.add_argument("--teacher_prompts", type=int, default=48, help="prompts labelled per concurrency level")
     args = p.parse_args()
     symbols = [f"T{i:02d}" for i in range(args.tickers)]
     start = pd.Timestamp("2023-05-07")
     end = start + pd.Timedelta(weeks=args.weeks)
     start_s, end_s = start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
-    with FakeFinnhub(symbols=symbols, news_per_day=2, news_cap=250) as fin:
+    with FakeFinnhub(symbols=symbols, news_per_day=2, news_cap=250, today=NOW.strftime("%Y-%m-%d")) as fin:
         with tempfile.TemporaryDirectory() as cache:
             cold_calls, cold_t = ours(fin.url, cache, symbols, start_s, end_s)
             warm_calls, warm_t = ours(fin.url, cache, symbols, start_s, end_s)
         with tempfile.TemporaryDirectory() as cache:
             base_calls, base_t = per_week_baseline(fin.url, cache, symbols, start_s, end_s)
-    print(f"Finnhub, {args.tickers} tickers x {args.weeks} weeks (simulated 60 calls/min limit):")
+    print(f"Finnhub, {args.tickers} tickers x {args.weeks} weeks, 2 items/weekday "
+          f"(simulated {FINNHUB_CALLS_PER_MINUTE} calls/min limit):")
     print(f"  per-week baseline : {base_calls:5d} calls, {base_t / 60:6.1f} simulated min")
     print(f"  ours, cold cache  : {cold_calls:5d} calls, {cold_t / 60:6.1f} simulated min  "
           f"-> {base_calls / max(cold_calls, 1):.1f}x fewer calls")
     print(f"  ours, warm cache  : {warm_calls:5d} calls, {warm_t / 60:6.1f} simulated min")
+    print(f"Busy ticker, 1 ticker x {args.weeks} weeks, at most 250 items per news call:")
+    for per_day in (int(x) for x in args.busy.split(",") if x.strip()):
+        for line in busy_ticker(per_day, start_s, end_s):
+            print(line)
 
     from sources import SampleSource
     records, _ = dp.build_records(SampleSource(), ["AAPL", "MSFT"], "2011-09-04", "2013-02-17", progress=False)

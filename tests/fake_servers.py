@@ -2,7 +2,14 @@
 
 Each server runs in a daemon thread on a free port; behaviour is driven by plain attributes the test
 sets (scripted failures, latency, answers). Everything they serve is made up (Finnhub's terms forbid
-redistributing its data)."""
+redistributing its data), but they fail the way the real services do:
+  Finnhub: at most `news_cap` (250) newest items per company-news call; no news dated before
+           `today` - 365 days (free plan); 401 {"error": "Invalid API key"} for a token not in
+           `valid_tokens`; 403 on financials-reported when `reported_status` = 403; {} for profile2 of
+           a symbol it does not know.
+  OpenAI:  `reasoning` models answer 400 to `max_tokens` and to a temperature/top_p other than 1, with
+           OpenAI's error bodies (param, code); `quota_exhausted` answers 429 insufficient_quota; a key
+           not in `valid_keys` gets 401; `forbidden` gets 403; a model not in `known_models` gets 404."""
 import hashlib
 import json
 import threading
@@ -64,15 +71,22 @@ class FakeFinnhub(_Server):
 
     `script` = list of failures for the next calls: 429, 500, "malformed", ("sleep", seconds).
     `fail_every` = (n, status): every n-th call fails with status. News: `news_per_day` items for each
-    weekday (none in `quiet_weeks`), newest first, at most `news_cap` per response."""
+    weekday (`busy` = {symbol: items per weekday} overrides it; none in `quiet_weeks`), newest first, at
+    most `news_cap` per response, none before `today` - `horizon_days`. `profiles` = {symbol: fields}
+    merged into profile2; `reported` = {symbol: financials-reported rows}."""
 
-    def __init__(self, symbols=("AAA", "BBB"), news_per_day=2, news_cap=250):
+    def __init__(self, symbols=("AAA", "BBB"), news_per_day=2, news_cap=250, today="2024-06-30",
+                 horizon_days=365):
         super().__init__()
         self.symbols = set(symbols)
-        self.news_per_day, self.news_cap = news_per_day, news_cap
+        self.news_per_day, self.news_cap, self.busy = news_per_day, news_cap, {}
+        self.today, self.horizon_days = today, horizon_days
         self.quiet_weeks = set()
+        self.valid_tokens, self.reported_status = None, None
+        self.profiles, self.reported = {}, {}
         self.script, self.fail_every = [], None
         self.calls, self.tokens, self.n = Counter(), set(), 0
+        self.news_requests = []
 
     @property
     def url(self):
@@ -95,37 +109,48 @@ class FakeFinnhub(_Server):
             return self.send(h, 200, b"{not json", "application/json")
         elif isinstance(failure, int):
             return self.send(h, failure, {"error": "scripted failure"})
+        if self.valid_tokens is not None and params.get("token") not in self.valid_tokens:
+            return self.send(h, 401, {"error": "Invalid API key"})
         symbol = params.get("symbol", "")
         if path == "/stock/profile2":
             body = {} if symbol not in self.symbols else {
                 "name": f"{symbol} Holdings", "finnhubIndustry": "Widgets", "ipo": "2001-02-03",
-                "country": "US", "exchange": "NASDAQ", "currency": "USD", "ticker": symbol,
-                "marketCapitalization": 123456.0, "shareOutstanding": 999.0}
+                "country": "US", "exchange": "NASDAQ", "currency": "USD", "estimateCurrency": "USD",
+                "ticker": symbol, "marketCapitalization": 123456.0, "shareOutstanding": 999.0,
+                **self.profiles.get(symbol, {})}
         elif path == "/company-news":
+            with self.lock:
+                self.news_requests.append((symbol, params["from"], params["to"]))
             body = self.news(symbol, params["from"], params["to"])
         elif path == "/stock/metric":
             body = self.metrics(symbol)
         elif path == "/stock/financials-reported":
-            body = {"symbol": symbol, "data": [{"endDate": "2023-09-30 00:00:00", "filedDate": "2023-10-27 00:00:00",
-                                                "quarter": 3, "year": 2023}]}
+            if self.reported_status:
+                return self.send(h, self.reported_status, {"error": "You don't have access to this resource."})
+            body = {"symbol": symbol, "data": self.reported.get(symbol, [
+                {"endDate": "2023-09-30 00:00:00", "filedDate": "2023-10-27 00:00:00", "quarter": 3, "year": 2023}])}
         else:
             return self.send(h, 404, {"error": "no such endpoint"})
         self.send(h, 200, body)
 
     def news(self, symbol, start, end):
+        """Newest first, stopping at the cap (so a busy year costs the server O(cap), not O(year))."""
         if symbol not in self.symbols:
             return []
+        horizon = pd.Timestamp(self.today) - pd.Timedelta(days=self.horizon_days)
+        per_day = self.busy.get(symbol, self.news_per_day)
         items = []
-        for day in pd.bdate_range(start, end):
+        for day in reversed(pd.bdate_range(max(pd.Timestamp(start), horizon), end)):
             sunday = (day - pd.Timedelta(days=(day.dayofweek + 1) % 7)).strftime("%Y-%m-%d")
             if sunday in self.quiet_weeks:
                 continue
-            for k in range(self.news_per_day):
-                items.append({"datetime": int(day.timestamp()) + 3600 * (10 + k), "headline":
-                              f"{symbol} headline {day.date()} #{k}", "summary": f"Made-up summary {k}.",
-                              "source": "fake", "url": "http://127.0.0.1/none"})
-        items.sort(key=lambda n: -n["datetime"])
-        return items[: self.news_cap]
+            for k in reversed(range(per_day)):   # spread over 08:00-22:00 UTC of the same day
+                items.append({"datetime": int(day.timestamp()) + 8 * 3600 + k * (14 * 3600 // per_day),
+                              "headline": f"{symbol} headline {day.date()} #{k}",
+                              "summary": f"Made-up summary {k}.", "source": "fake", "url": "http://127.0.0.1/none"})
+                if len(items) >= self.news_cap:
+                    return items
+        return items
 
     @staticmethod
     def metrics(symbol):
@@ -142,13 +167,48 @@ GOOD_ANSWER = ("[Positive Developments]:\n1. Orders grew.\n2. New product.\n\n[P
 
 class FakeOpenAI(_Server):
     """POST /v1/chat/completions. `answers` = list of contents to return in order before falling back
-    to `default_answer`; `delay_s` per request. Counts requests per prompt (hash of the user message)."""
+    to `default_answer`; `delay_s` per request. Counts requests per prompt (hash of the user message);
+    `bodies` keeps the parameter names of every request, `errors` the status of every refused one."""
 
     def __init__(self, default_answer=GOOD_ANSWER, delay_s=0.0):
         super().__init__()
         self.default_answer, self.delay_s = default_answer, delay_s
         self.answers, self.asked, self.auth = [], Counter(), set()
         self.finish_reasons = []
+        self.reasoning, self.quota_exhausted, self.bad_request, self.forbidden = False, False, None, False
+        self.valid_keys, self.known_models = None, None
+        self.bodies, self.errors = [], Counter()
+
+    def refusal(self, h, body):
+        """(status, error object) the real service would answer with, or None."""
+        key = (h.headers.get("Authorization") or "").removeprefix("Bearer ")
+        if self.valid_keys is not None and key not in self.valid_keys:
+            return 401, {"message": f"Incorrect API key provided: {key[:3]}***{key[-4:]}. You can find your "
+                         "API key at https://platform.openai.com/account/api-keys.", "type": "invalid_request_error",
+                         "param": None, "code": "invalid_api_key"}
+        if self.known_models is not None and body.get("model") not in self.known_models:
+            return 404, {"message": f"The model `{body.get('model')}` does not exist or you do not have access "
+                         "to it.", "type": "invalid_request_error", "param": None, "code": "model_not_found"}
+        if self.forbidden:
+            return 403, {"message": f"Project does not have access to model `{body.get('model')}`.",
+                         "type": "invalid_request_error", "param": None, "code": "model_not_found"}
+        if self.quota_exhausted:
+            return 429, {"message": "You exceeded your current quota, please check your plan and billing details.",
+                         "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}
+        if self.bad_request:
+            return 400, {"message": self.bad_request, "type": "invalid_request_error", "param": "messages",
+                         "code": None}
+        if self.reasoning:
+            if "max_tokens" in body:
+                return 400, {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                             "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+                             "param": "max_tokens", "code": "unsupported_parameter"}
+            for name in ("temperature", "top_p"):
+                if body.get(name, 1) != 1:
+                    return 400, {"message": f"Unsupported value: '{name}' does not support {body[name]} with this "
+                                 "model. Only the default (1) value is supported.", "type": "invalid_request_error",
+                                 "param": name, "code": "unsupported_value"}
+        return None
 
     @property
     def url(self):
@@ -158,6 +218,13 @@ class FakeOpenAI(_Server):
         length = int(h.headers.get("Content-Length") or 0)
         body = json.loads(h.rfile.read(length) or b"{}")
         user = body["messages"][-1]["content"]
+        refused = self.refusal(h, body)
+        with self.lock:
+            self.bodies.append(sorted(k for k in body if k not in ("messages", "model")))
+            if refused:
+                self.errors[refused[0]] += 1
+        if refused:
+            return self.send(h, refused[0], {"error": refused[1]})
         with self.lock:
             self.asked[hashlib.sha256(user.encode()).hexdigest()] += 1
             self.auth.add(h.headers.get("Authorization"))

@@ -211,3 +211,14 @@ def test_live_record_forecasts_the_week_after_a_date_from_past_information_only(
 def test_live_record_for_a_week_beyond_the_data_has_no_label():
     rec = dp.live_record(SampleSource(), "IBM", "2013-02-28", n_weeks=2)
     assert rec["label"] is None and rec["weekly_return"] is None and len(rec["weeks"]) == 2
+
+
+def test_the_doctests_of_the_data_modules_pass():
+    """Week finality, fiscal quarters of 52/53-week years, coverage shares: the worked examples hold."""
+    import doctest
+
+    import market_calendar
+    import sources
+    for module in (market_calendar, sources, dp):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

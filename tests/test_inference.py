@@ -151,6 +151,33 @@ def test_failed_requests_are_not_written_and_a_rerun_fills_them(dataset, tmp_pat
     assert len({p["id"] for p in read_predictions(out)}) == 6 == len(read_predictions(out))
 
 
+def test_openai_backend_uses_the_teachers_parameter_rules_for_reasoning_models(dataset, tmp_path, capsys):
+    """Same rules as the teacher (openai_chat.ChatRules): learned from the first 400s, kept for the run."""
+    from fake_servers import FakeOpenAI as ServiceLikeOpenAI
+    with ServiceLikeOpenAI() as server:
+        server.reasoning = True
+        out = tmp_path / "o4"
+        assert inference.main(openai_args(dataset, out, server, "--batch_size", "1")) == 0
+    assert len(read_predictions(out)) == 6
+    assert server.errors == {400: 2}                         # max_tokens, then temperature 0: once each
+    assert all(body == ["max_completion_tokens", "top_p"] for body in server.bodies[2:])
+    assert "using max_completion_tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure, words", [("quota_exhausted", "insufficient_quota"),
+                                            ("valid_keys", "rejected the API key (401)")])
+def test_openai_backend_stops_at_once_when_no_request_can_succeed(dataset, tmp_path, capsys, failure, words):
+    from fake_servers import FakeOpenAI as ServiceLikeOpenAI
+    with ServiceLikeOpenAI() as server:
+        setattr(server, failure, True if failure == "quota_exhausted" else {"the-right-key"})
+        out = tmp_path / "stopped"
+        assert inference.main(openai_args(dataset, out, server, "--batch_size", "2")) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and words in err[0]
+    assert sum(server.errors.values()) <= 2                  # the first batch only, no row after it
+    assert not read_predictions(out)
+
+
 def test_killed_run_resumes_without_duplicate_ids(dataset, tmp_path):
     server = FakeOpenAI(delay=0.4)
     out = tmp_path / "killed"
