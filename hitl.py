@@ -6,8 +6,8 @@ judgement, and an export of the reviews as SFT corrections and DPO preference pa
 
 Review validation (or train) runs, never test runs: the page warns on test-split ids and the export
 refuses them, so the test split stays clean for the final comparison. The page itself is
-hitl_page.html (one file, no external assets); this module serves it and owns the store;
-hitl_export.py turns the store into SFT / DPO data.
+hitl_page.html (one file, no external assets); this script serves it. review_store.py owns the
+review db (schema, ReviewStore); hitl_export.py turns the db into SFT / DPO data.
 
 serve copies what the page needs (prompts, outputs, labels, teacher answers, each run's prompt style)
 into the database once, so export needs only --db and no endpoint ever opens another file.
@@ -15,19 +15,18 @@ into the database once, so export needs only --db and no endpoint ever opens ano
 import argparse
 import hashlib
 import json
-import sqlite3
 import sys
 import time
-from collections import defaultdict
-from contextlib import closing
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dataset_io import DatasetError, load_forecast_dataset
+from hitl_export import INCLUDE_HINDSIGHT_EDITS, MIN_MEAN_RATING_FOR_SFT, export, export_problems, format_report
+from models import resolve_model
 from prompt import PROMPT_STYLES, PromptStyle, get_style, parse_answer, split_public_prompt
+from review_store import RATING_SCALE, REVIEW_FIELDS, SLOTS, HitlError, ReviewStore
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -35,32 +34,18 @@ from prompt import PROMPT_STYLES, PromptStyle, get_style, parse_answer, split_pu
 HOST = "127.0.0.1"               # loopback only: reviews and prompts stay on this machine unless told
 PORT = 8765
 DB = "reviews.sqlite"
-MIN_MEAN_RATING_FOR_SFT = 4.0    # a preferred answer joins the SFT set only when reviewers rate it this well
-INCLUDE_HINDSIGHT_EDITS = False  # Prediction-only edits made after the reveal teach the outcome, not analysis
-BUSY_TIMEOUT_MS = 10_000         # a second writer waits this long for the lock instead of failing
-MAX_RUNS = 2                     # the page shows at most two outputs side by side (A and B)
+# export's --min_mean_rating (4.0) and --include_hindsight_edits (off) default to hitl_export.py's values
+MAX_RUNS = len(SLOTS)            # the page shows at most two outputs side by side (A and B)
 MAX_REVIEWER_CHARS = 64
 MAX_COMMENT_CHARS = 4_000
 MAX_ANSWER_CHARS = 20_000        # public answers are 1.3k-3.1k characters; generous for edits
 PAGE_FILE = Path(__file__).with_name("hitl_page.html")
-SLOTS = ("A", "B")
 RUBRIC = [
     ("Evidence", "Every factor is grounded in the prompt's news, prices or financials; nothing invented."),
     ("Factual accuracy", "Numbers, names and dates match the prompt; no contradictions."),
     ("Reasoning", "The prediction follows from the factors weighed; concerns are not ignored."),
     ("Format", "Positive Developments, Potential Concerns, Prediction & Analysis; a Prediction line."),
 ]
-RATING_SCALE = {1: "unusable", 2: "poor", 3: "acceptable", 4: "good", 5: "excellent"}
-SFT_COLUMNS = ("prompt", "answer", "period", "label", "symbol", "id")
-DPO_COLUMNS = ("prompt", "chosen", "rejected", "style", "system", "user", "id", "source", "reviewers")
-
-
-class HitlError(ValueError):
-    """A user-fixable problem (missing run file, wrong db, test-split export): one `Error:` line."""
-
-
-def now():
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def parsed_summary(text):
@@ -86,17 +71,27 @@ def run_style(manifest):
                         "(no chat markers in the file's prompts); import it again with --prompt_style NAME "
                         "--overwrite")
     if manifest.get("model"):
-        from models import resolve_model   # only needed for manifests without a style name
         return get_style(resolve_model(manifest["model"]).prompt_style)
     raise HitlError("run.json names no prompt_style and no model; cannot tell how prompts were formatted")
+
+
+def run_dir_problem(run_dir):
+    """Why `run_dir` is not a run dir written by inference.py, or None (looks at file names only)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return f"{run_dir}: no such folder (pass a run dir written by inference.py --out)"
+    missing = [name for name in ("run.json", "predictions.jsonl") if not (run_dir / name).is_file()]
+    if missing:
+        return f"{run_dir}: missing {', '.join(missing)}; pass a run dir written by inference.py"
+    return None
 
 
 def load_run(run_dir):
     run_dir = Path(run_dir)
     manifest_path, predictions_path = run_dir / "run.json", run_dir / "predictions.jsonl"
-    missing = [p.name for p in (manifest_path, predictions_path) if not p.is_file()]
-    if missing:
-        raise HitlError(f"{run_dir}: missing {', '.join(missing)}; pass a run dir written by inference.py")
+    problem = run_dir_problem(run_dir)
+    if problem:
+        raise HitlError(problem)
     manifest = json.loads(manifest_path.read_text())
     from inference import read_predictions
     predictions, torn = read_predictions(predictions_path)
@@ -140,136 +135,6 @@ def load_review_set(run_dirs):
                          "period": row["period"], "label": row["label"], "split": split_of[example_id],
                          "prompt": row["prompt"], "reference": row["answer"], "outputs": outputs})
     return runs, examples
-
-
-# ---------------------------------------------------------------------------------------------
-# The store: current state per (example, reviewer) + an append-only history
-# ---------------------------------------------------------------------------------------------
-REVIEW_FIELDS = ("rating_A", "rating_B", "direction_A", "direction_B", "preference", "comment",
-                 "edit_A", "edit_B")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (slot TEXT PRIMARY KEY, run_dir TEXT NOT NULL, name TEXT NOT NULL,
-    manifest TEXT NOT NULL, style TEXT NOT NULL, predictions_sha TEXT NOT NULL, registered_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS examples (id TEXT PRIMARY KEY, position INTEGER NOT NULL, symbol TEXT NOT NULL,
-    period TEXT NOT NULL, label TEXT NOT NULL, split TEXT NOT NULL, prompt TEXT NOT NULL,
-    reference TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outputs (example_id TEXT NOT NULL REFERENCES examples(id), slot TEXT NOT NULL,
-    output TEXT NOT NULL, PRIMARY KEY (example_id, slot));
-CREATE TABLE IF NOT EXISTS reviews (example_id TEXT NOT NULL REFERENCES examples(id), reviewer TEXT NOT NULL,
-    rating_A INTEGER, rating_B INTEGER, direction_A TEXT, direction_B TEXT, preference TEXT, comment TEXT,
-    edit_A TEXT, edit_B TEXT, edit_A_after_reveal INTEGER, edit_B_after_reveal INTEGER, revealed_at TEXT,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (example_id, reviewer));
-CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, example_id TEXT NOT NULL,
-    reviewer TEXT NOT NULL, field TEXT NOT NULL, value TEXT, after_reveal INTEGER NOT NULL, at TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS history_no_update BEFORE UPDATE ON history
-    BEGIN SELECT RAISE(ABORT, 'review history is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
-    BEGIN SELECT RAISE(ABORT, 'review history is append-only'); END;
-"""
-
-
-class ReviewStore:
-    """One SQLite file in WAL mode. Each call opens its own connection and writes in one
-    BEGIN IMMEDIATE transaction, so concurrent reviewers (threads or processes) queue, not collide;
-    a write touches only the fields it changes, so two writers never undo each other."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        with self.connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-
-    def connect(self):
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return closing(db)   # `with` closes it (sqlite3's own context manager only commits)
-
-    def register(self, runs, examples):
-        """Copy runs and examples in; a db already holding other runs is refused (its reviews would
-        point at outputs the page no longer shows)."""
-        with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            old = {r["slot"]: (r["run_dir"], r["predictions_sha"]) for r in db.execute("SELECT * FROM runs")}
-            new = {slot: (r["run_dir"], r["predictions_sha"]) for slot, r in zip(SLOTS, runs)}
-            if old and old != new:
-                db.execute("ROLLBACK")
-                held = ", ".join(f"{s}={d}" for s, (d, _) in sorted(old.items()))
-                raise HitlError(f"{self.path} holds reviews of other runs or changed predictions ({held}); "
-                                "pass the same --runs in the same order, or a new --db")
-            if not old:
-                for slot, r in zip(SLOTS, runs):
-                    db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?)",
-                               (slot, r["run_dir"], r["name"], json.dumps(r["manifest"]),
-                                json.dumps(r["style"].to_dict()), r["predictions_sha"], now()))
-                for e in examples:
-                    db.execute("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?)",
-                               (e["id"], e["position"], e["symbol"], e["period"], e["label"], e["split"],
-                                e["prompt"], e["reference"]))
-                    db.executemany("INSERT INTO outputs VALUES (?,?,?)",
-                                   [(e["id"], s, o) for s, o in e["outputs"].items()])
-            db.execute("COMMIT")
-
-    def runs(self):
-        with self.connect() as db:
-            return [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY slot")]
-
-    def examples(self):
-        with self.connect() as db:
-            rows = [dict(r) for r in db.execute("SELECT * FROM examples ORDER BY position")]
-            outputs = defaultdict(dict)
-            for r in db.execute("SELECT * FROM outputs"):
-                outputs[r["example_id"]][r["slot"]] = r["output"]
-        for r in rows:
-            r["outputs"] = outputs[r["id"]]
-        return rows
-
-    def _select(self, table, order, **filters):
-        """Rows of `table` matching the non-None filters (column = value)."""
-        given = {k: v for k, v in filters.items() if v is not None}
-        where = "".join(f" AND {column} = ?" for column in given)
-        with self.connect() as db:
-            return [dict(r) for r in db.execute(f"SELECT * FROM {table} WHERE 1=1{where} ORDER BY {order}",
-                                                list(given.values()))]
-
-    def reviews(self, reviewer=None, example_id=None):
-        return self._select("reviews", "example_id, reviewer", reviewer=reviewer, example_id=example_id)
-
-    def history(self, example_id=None, reviewer=None):
-        return self._select("history", "seq", example_id=example_id, reviewer=reviewer)
-
-    def apply(self, example_id, reviewer, changes, reveal=False):
-        """Set the given fields (None clears one) and log each change; reveal=True records that the
-        reviewer has seen the outcome. Raises HitlError for a direction mark before the reveal."""
-        at = now()
-        with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("INSERT INTO reviews (example_id, reviewer, created_at, updated_at) VALUES (?,?,?,?) "
-                           "ON CONFLICT (example_id, reviewer) DO NOTHING", (example_id, reviewer, at, at))
-                revealed = db.execute("SELECT revealed_at FROM reviews WHERE example_id=? AND reviewer=?",
-                                      (example_id, reviewer)).fetchone()["revealed_at"] is not None
-                if reveal and not revealed:
-                    db.execute("UPDATE reviews SET revealed_at=? WHERE example_id=? AND reviewer=?",
-                               (at, example_id, reviewer))
-                    db.execute("INSERT INTO history (example_id, reviewer, field, value, after_reveal, at) "
-                               "VALUES (?,?,?,?,?,?)", (example_id, reviewer, "revealed", "true", 1, at))
-                    revealed = True
-                if any(changes.get(f) is not None for f in ("direction_A", "direction_B")) and not revealed:
-                    raise HitlError("reveal the outcome before marking a direction right or wrong")
-                for name, value in changes.items():
-                    assert name in REVIEW_FIELDS, name
-                    extra = f", {name}_after_reveal = {int(revealed)}" if name.startswith("edit_") else ""
-                    db.execute(f"UPDATE reviews SET {name} = ?{extra}, updated_at = ? "
-                               "WHERE example_id = ? AND reviewer = ?", (value, at, example_id, reviewer))
-                    db.execute("INSERT INTO history (example_id, reviewer, field, value, after_reveal, at) "
-                               "VALUES (?,?,?,?,?,?)",
-                               (example_id, reviewer, name, json.dumps(value), int(revealed), at))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return self.reviews(reviewer, example_id)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,17 +326,36 @@ def parse_args(argv=None):
                    help="keep edits that change only the Prediction line after the reveal (left out of SFT "
                         "and DPO by default: they teach the outcome, not the analysis)")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    args = p.parse_args(argv)
-    if args.command == "serve":
-        if not 1 <= args.port <= 65535:
-            p.error(f"--port {args.port} is not a TCP port (1-65535)")
-        if args.runs and len(args.runs) > MAX_RUNS:
-            p.error(f"--runs takes at most {MAX_RUNS} run dirs (A and B), got {len(args.runs)}")
-        if not args.runs and not Path(args.db).is_file():
-            p.error(f"--runs is required: {args.db} does not exist yet")
-    elif not 1 <= args.min_mean_rating <= 5:
-        p.error(f"--min_mean_rating {args.min_mean_rating} is outside the 1-5 rating scale")
-    return args
+    return p.parse_args(argv)
+
+
+def validate_args(args):
+    """Every problem with the command line, at once, before any run, dataset or page is loaded: a list
+    of messages, empty when all is well. Looks at file names and the db's tables only."""
+    if args.command == "export":
+        return export_problems(args.db, args.out, args.min_mean_rating, args.overwrite)[0]
+    problems = []
+    if not 1 <= args.port <= 65535:
+        problems.append(f"--port {args.port} is not a TCP port (1-65535)")
+    if args.runs and len(args.runs) > MAX_RUNS:
+        problems.append(f"--runs takes at most {MAX_RUNS} run dirs (A and B), got {len(args.runs)}")
+    problems += [f"--runs {problem}" for problem in map(run_dir_problem, args.runs or []) if problem]
+    db = Path(args.db)
+    try:
+        if not args.runs:
+            if not db.exists():
+                problems.append(f"--runs is required: --db {db} does not exist yet")
+            elif not ReviewStore.read_only(db).runs():
+                problems.append(f"--db {db} holds no runs yet; start once with --runs RUN_DIR [RUN_DIR]")
+        elif db.is_dir():
+            problems.append(f"--db {db}: is a folder, not a file")
+        elif db.is_file() and db.stat().st_size:   # an empty file is an empty SQLite db: serve fills it
+            ReviewStore.read_only(db)
+        elif not db.exists() and not db.parent.is_dir():
+            problems.append(f"--db {db}: folder {db.parent} does not exist")
+    except HitlError as exc:
+        problems.append(f"--db {exc}")
+    return problems
 
 
 def serve(args):
@@ -489,16 +373,19 @@ def serve(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    problems = validate_args(args)
+    if problems:
+        print("Error: " + "; ".join(problems), file=sys.stderr)
+        return 1
     try:
         if args.command == "serve":
             serve(args)
         else:
             started = time.time()
-            from hitl_export import export, format_report
             report = export(args.db, args.out, args.min_mean_rating, args.include_hindsight_edits, args.overwrite)
             print(format_report(report, args.out) + f"\n  ({time.time() - started:.1f} s)")
         return 0
-    except (HitlError, DatasetError, sqlite3.DatabaseError) as exc:
+    except (HitlError, DatasetError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,28 +1,31 @@
-"""Export of human reviews (hitl.py's store) as training data for the next fine-tune:
+"""Export of human reviews (the review DB, see review_store.py) as training data for the next fine-tune:
 
     python hitl.py export --db reviews.sqlite --out DIR
 
 DIR/sft: SFT corrections in our dataset format (train_lora.py --hitl_data DIR); DIR/dpo + DIR/dpo.jsonl:
 preference pairs in TRL's format (train_lora.py --dpo DIR --adapter SFT_DIR); DIR/export.json: counts,
-flagged edits and inter-reviewer agreement. Split off hitl.py, which serves the page and owns the store.
+flagged edits and inter-reviewer agreement. A library module: hitl.py's `export` command calls it, and
+report.py reuses `agreement`. It reads the db only through review_store (read only).
 """
 import json
-import re
 import shutil
 from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
 
-from hitl import (DPO_COLUMNS, INCLUDE_HINDSIGHT_EDITS, MIN_MEAN_RATING_FOR_SFT, SFT_COLUMNS, HitlError,
-                  ReviewStore, now)
-from prompt import PromptStyle, parse_answer, split_public_prompt
+from prompt import _PREDICTION_LINE_RE, PromptStyle, parse_answer, split_public_prompt
+from review_store import DPO_COLUMNS, RATING_SCALE, SFT_COLUMNS, HitlError, ReviewStore, now
+
+# ---------------------------------------------------------------------------------------------
+# Defaults (hitl.py export's --min_mean_rating and --include_hindsight_edits mirror these)
+# ---------------------------------------------------------------------------------------------
+MIN_MEAN_RATING_FOR_SFT = 4.0    # a preferred answer joins the SFT set only when reviewers rate it this well
+INCLUDE_HINDSIGHT_EDITS = False  # Prediction-only edits made after the reveal teach the outcome, not analysis
+
 
 # ---------------------------------------------------------------------------------------------
 # Export: reviews -> SFT corrections + DPO pairs (pure functions over store records, then files)
 # ---------------------------------------------------------------------------------------------
-_PREDICTION_LINE = re.compile(r"^[ \t*_#>-]*prediction[ \t*_]*:.*$", re.I | re.M)
-
-
 def changes_only_prediction(original, edited):
     """True when an edit differs from the original only in its Prediction line.
 
@@ -33,7 +36,7 @@ def changes_only_prediction(original, edited):
     False
     """
     def rest(text):
-        return " ".join(_PREDICTION_LINE.sub("", text).split())
+        return " ".join(_PREDICTION_LINE_RE.sub("", text).split())   # the parser's Prediction line
     return rest(original) == rest(edited) and original.strip() != edited.strip()
 
 
@@ -161,27 +164,46 @@ def build_export(runs, examples, reviews, min_mean_rating=MIN_MEAN_RATING_FOR_SF
     return sft, dpo, report
 
 
+def export_problems(db_path, out_dir, min_mean_rating=MIN_MEAN_RATING_FOR_SFT, overwrite=False):
+    """Every reason `export` would refuse, at once, before anything is written: (problems, store).
+    Reads only the db (read only) and the --out folder's listing."""
+    problems, store = [], None
+    try:
+        store = ReviewStore.read_only(db_path)
+    except HitlError as exc:
+        problems.append(f"--db {exc}")
+    if store is not None:
+        reviews, split_of = store.reviews(), store.example_splits()
+        if not reviews:
+            problems.append(f"--db {db_path}: holds no reviews yet (review some examples with `hitl.py serve "
+                            f"--db {db_path}` first)")
+        on_test = sorted({r["example_id"] for r in reviews if split_of.get(r["example_id"]) == "test"})
+        if on_test:
+            problems.append(f"{len(on_test)} reviewed example(s) are from the test split (e.g. {on_test[0]!r}); "
+                            "review validation or train runs so the test split stays clean for the comparison")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        problems.append(f"--out {out_dir}: is a file, not a folder")
+    elif out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        problems.append(f"--out {out_dir} is not empty; pass --overwrite to replace it")
+    low, high = min(RATING_SCALE), max(RATING_SCALE)
+    if not low <= min_mean_rating <= high:
+        problems.append(f"--min_mean_rating {min_mean_rating} is outside the {low}-{high} rating scale")
+    return problems, store
+
+
 def export(db_path, out_dir, min_mean_rating=MIN_MEAN_RATING_FOR_SFT,
            include_hindsight_edits=INCLUDE_HINDSIGHT_EDITS, overwrite=False):
     """Write OUT/sft (DatasetDict, split train), OUT/dpo (DatasetDict, split train) + OUT/dpo.jsonl,
-    OUT/export.json. Refuses reviews of test-split examples."""
+    OUT/export.json. Refuses reviews of test-split examples; never writes to the db."""
+    problems, store = export_problems(db_path, out_dir, min_mean_rating, overwrite)
+    if problems:
+        raise HitlError("; ".join(problems))
     from datasets import Dataset, DatasetDict, Features, Value
     from datasets.utils.logging import disable_progress_bar
     disable_progress_bar()   # the summary printed at the end is what users read
     db_path, out_dir = Path(db_path), Path(out_dir)
-    if not db_path.is_file():
-        raise HitlError(f"--db {db_path}: no such file (start `hitl.py serve` with this --db first)")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise HitlError(f"--out {out_dir} is not empty; pass --overwrite to replace it")
-    store = ReviewStore(db_path)
     examples, reviews = store.examples(), store.reviews()
-    if not reviews:
-        raise HitlError(f"{db_path} holds no reviews yet")
-    split_of = {e["id"]: e["split"] for e in examples}
-    on_test = sorted({r["example_id"] for r in reviews if split_of[r["example_id"]] == "test"})
-    if on_test:
-        raise HitlError(f"{len(on_test)} reviewed example(s) are from the test split (e.g. {on_test[0]!r}); "
-                        "review validation or train runs so the test split stays clean for the comparison")
     sft, dpo, report = build_export(store.runs(), examples, reviews, min_mean_rating, include_hindsight_edits)
     for stale in ("sft", "dpo"):
         shutil.rmtree(out_dir / stale, ignore_errors=True)

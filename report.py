@@ -15,15 +15,16 @@ import argparse
 import json
 import math
 import shutil
-import sqlite3
 import statistics
 import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import hitl_export
 import tracking
 from report_document import Document, to_html, to_markdown
+from review_store import RATING_SCALE, HitlError, ReviewStore
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -640,15 +641,12 @@ def find_export(db, explicit):
 
 
 def hitl_section(doc, db, export_path):
-    import hitl
-    import hitl_export
     if not doc.section(5, None if db else "pass --reviews REVIEWS.sqlite (hitl.py serve --db)"):
         return
-    with sqlite3.connect(f"file:{Path(db).resolve()}?mode=ro", uri=True) as con:   # read only: never touches reviews
-        con.row_factory = sqlite3.Row
-        runs = {r["slot"]: r["name"] for r in con.execute("SELECT slot, name FROM runs ORDER BY slot")}
-        splits = Counter(r["split"] for r in con.execute("SELECT split FROM examples"))
-        reviews = [dict(r) for r in con.execute("SELECT * FROM reviews ORDER BY example_id, reviewer")]
+    store = ReviewStore.read_only(db)   # read only: never touches reviews
+    runs = {r["slot"]: r["name"] for r in store.runs()}
+    splits = Counter(store.example_splits().values())
+    reviews = store.reviews()
     reviewers = Counter(r["reviewer"] for r in reviews)
     doc.p(f"{len(reviews)} reviews by {len(reviewers)} reviewer(s) of {len({r['example_id'] for r in reviews})} "
           f"of {sum(splits.values())} examples ({', '.join(f'{k} {v}' for k, v in splits.items())}); runs: "
@@ -659,7 +657,7 @@ def hitl_section(doc, db, export_path):
         ratings = [r[f"rating_{slot}"] for r in reviews if r.get(f"rating_{slot}")]
         dist = Counter(ratings)
         table.append([f"{slot}: {name}", len(ratings), fmt(statistics.fmean(ratings) if ratings else None, ".2f"),
-                      " ".join(f"{k}:{dist.get(k, 0)}" for k in hitl.RATING_SCALE),
+                      " ".join(f"{k}:{dist.get(k, 0)}" for k in RATING_SCALE),
                       sum(r.get("preference") == slot for r in reviews),
                       sum(r.get(f"direction_{slot}") == "right" for r in reviews),
                       sum(r.get(f"direction_{slot}") == "wrong" for r in reviews),
@@ -773,10 +771,9 @@ def check_inputs(args):
         problems.append(f"--comparison {args.comparison}: no metrics.json (a comparison.py --out folder)")
     if args.reviews:
         try:
-            with sqlite3.connect(f"file:{Path(args.reviews).resolve()}?mode=ro", uri=True) as con:
-                con.execute("SELECT 1 FROM reviews LIMIT 1")
-        except sqlite3.Error as exc:
-            problems.append(f"--reviews {args.reviews}: not a review db from hitl.py serve ({exc})")
+            ReviewStore.read_only(args.reviews)
+        except HitlError as exc:
+            problems.append(f"--reviews {exc}")
     if args.hitl_export and not Path(args.hitl_export).is_file():
         problems.append(f"--hitl_export {args.hitl_export}: no such file")
     if Path(args.out).exists() and not Path(args.out).is_dir():

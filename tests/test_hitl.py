@@ -1,12 +1,16 @@
-"""hitl.py: the review API, the store (history, concurrency) and the SFT / DPO export.
+"""hitl.py: the review API, the store (history, concurrency), the SFT / DPO export and the CLI's errors.
 
 Run dirs and a small dataset are built inside the tests; the helpers below are reused by
 tests/test_hitl_browser.py.
 """
 import doctest
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
@@ -14,6 +18,7 @@ from fastapi.testclient import TestClient
 
 import hitl
 import hitl_export
+import review_store
 from dataset_io import load_forecast_dataset
 from prompt import SYSTEM_PROMPT, get_style, split_public_prompt, wrap_public_prompt
 
@@ -252,7 +257,7 @@ def test_two_concurrent_writers_lose_no_write(setup):
     errors = []
 
     def writer(reviewer, field, values):
-        store = hitl.ReviewStore(db)          # its own connection, as each request gets
+        store = review_store.ReviewStore(db)  # its own connection, as each request gets
         try:
             for n in range(writes):
                 store.apply(ids[n % 3], reviewer, {field: values(n)})
@@ -266,7 +271,7 @@ def test_two_concurrent_writers_lose_no_write(setup):
     for t in threads:
         t.join()
     assert errors == []
-    store = hitl.ReviewStore(db)
+    store = review_store.ReviewStore(db)
     assert len(store.history()) == 3 * writes
     last = {r["example_id"]: r for r in store.reviews("ann")}
     # the last write to each example from each writer is the one kept, field by field
@@ -280,7 +285,7 @@ def test_serving_a_db_that_holds_other_runs_is_refused(setup):
     _, _, db, root = setup
     data = root / "dataset"
     other = make_run(root, "other", data, {i: answer() for i in validation_ids(data)})
-    with pytest.raises(hitl.HitlError, match="holds reviews of other runs"):
+    with pytest.raises(review_store.HitlError, match="holds reviews of other runs"):
         hitl.create_app(db, [other])
     hitl.create_app(db)                                             # reopening without --runs is fine
 
@@ -290,6 +295,68 @@ def test_a_missing_run_file_is_one_error_line(tmp_path, capsys):
     assert hitl.main(["serve", "--runs", str(tmp_path / "empty-run"), "--db", str(tmp_path / "db")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error:") and "missing run.json, predictions.jsonl" in err[0]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd):
+    """`python hitl.py ARGS` as a user runs it: hitl is __main__, so an error class imported twice
+    (once as hitl, once as __main__) would escape main's except as a traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "hitl.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def make_db_without_reviews(root):
+    db = root / "no-reviews.sqlite"
+    review_store.ReviewStore(db)          # the tables serve creates, no review yet
+    return db
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--runs", "no-such-run", "--db", "r.sqlite"], "--runs no-such-run: no such folder"),
+    (["export", "--db", "missing.sqlite", "--out", "x"], "--db missing.sqlite: no such file"),
+    (["export", "--db", "no-reviews.sqlite", "--out", "x"], "holds no reviews yet"),
+    (["export", "--db", "zero-bytes.sqlite", "--out", "x"], "not a review db from `hitl.py serve`"),
+])
+def test_bad_cli_input_is_one_error_line_exit_1_and_no_traceback(tmp_path, args, message):
+    make_db_without_reviews(tmp_path)
+    (tmp_path / "zero-bytes.sqlite").touch()
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("Error: ") and message in errors[0], done.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "r.sqlite").exists()
+
+
+def test_every_problem_with_the_command_line_is_named_at_once(tmp_path, capsys):
+    (tmp_path / "empty-run").mkdir()
+    (tmp_path / "not-sqlite.sqlite").write_text("reviews, honest")
+    assert hitl.main(["serve", "--runs", str(tmp_path / "empty-run"), str(tmp_path / "nope"), "--port", "70000",
+                      "--db", str(tmp_path / "not-sqlite.sqlite")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    for part in ("--port 70000 is not a TCP port", "empty-run: missing run.json, predictions.jsonl",
+                 "nope: no such folder", "not-sqlite.sqlite: not a SQLite file"):
+        assert part in err[0]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert hitl.main(["export", "--db", str(tmp_path / "missing.sqlite"), "--out", str(tmp_path / "full"),
+                      "--min_mean_rating", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    for part in ("missing.sqlite: no such file", "is not empty; pass --overwrite",
+                 "--min_mean_rating 0.0 is outside the 1-5 rating scale"):
+        assert part in err[0]
+
+
+def test_serve_without_runs_needs_a_db_that_holds_runs(tmp_path, capsys):
+    assert hitl.main(["serve", "--db", str(tmp_path / "new.sqlite")]) == 1
+    assert "--runs is required" in capsys.readouterr().err
+    assert hitl.main(["serve", "--db", str(make_db_without_reviews(tmp_path))]) == 1
+    assert "holds no runs yet" in capsys.readouterr().err
 
 
 def test_the_page_warns_on_test_split_runs_and_export_refuses_them(tmp_path, capsys):
@@ -409,8 +476,9 @@ def test_export_fails_early_on_a_missing_db_a_full_out_dir_or_no_reviews(setup, 
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_doctests_pass():
-    assert doctest.testmod(hitl).failed == 0 and doctest.testmod(hitl_export).failed == 0
+def test_export_doctests_pass():
+    result = doctest.testmod(hitl_export)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_a_run_killed_mid_write_is_reviewable_without_its_torn_line(tmp_path, capsys):
