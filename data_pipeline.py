@@ -3,24 +3,19 @@
     python data_pipeline.py --source sample --teacher offline --out data/sample-demo
     python data_pipeline.py --check data/sample-demo
 
-Stages: source (prices, profile, news, financials) -> Sunday-to-Sunday weekly windows -> leak-free
-prompt records -> teacher answers (journaled, resumable) -> train / validation / test by global date
-cutoffs -> a DatasetDict folder + build.json manifest. The same code path serves every source; only the
-source and the teacher differ.
-
-Leak rules (checked by tests on each record's provenance dates, not on rendered text):
-  * the prompt's prices end at the last close on or before the prediction week's start Sunday;
-  * news comes from past weeks only (dated before the prediction week);
-  * a quarter's financials are shown only once filed: filing date when the source gives one, else
-    period end + 45 days (Q1-Q3) or + 90 days (fiscal Q4, whose 10-K comes later);
-  * a week is labelled only when every session before its end Sunday has a final close (exchange
-    calendar, market_calendar.py): the week in progress never gets a label.
+Stages: source (prices, profile, news, financials; sources.py) -> Sunday-to-Sunday weekly windows ->
+leak-free prompt records (records.py, shared with inference.py's live forecast: it owns the leak rules)
+-> teacher answers (teachers.py; journaled, resumable) -> train / validation / test by global date
+cutoffs -> a DatasetDict folder + build.json manifest. Every source takes the same path. Every flag is
+checked before the first call (validate_args); a user mistake is one `Error:` line and exit 1.
 """
 import argparse
+import csv
 import hashlib
+import importlib.util
 import json
 import os
-import random
+import re
 import shutil
 import sys
 import threading
@@ -30,287 +25,53 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from dotenv import find_dotenv, load_dotenv
 from tqdm import tqdm
 
 import market_calendar
 import prompt as P
+import records
+import sources
 from dataset_io import DatasetError, format_summary, load_forecast_dataset, summarize
+from indices import get_index
+from records import RecordError, first_past_sunday, format_coverage, news_coverage, record_id
+from sources import (CACHE_DIR_ENV, FINNHUB_KEY_ENV, PRICES_CSV_COLUMNS, SAMPLE_FIRST_DATE, SAMPLE_LAST_DATE,
+                     SAMPLE_TICKERS, SOURCES, SourceFatalError, open_source)
+from teachers import (PRICES_PER_M_TOKENS, TEACHERS, OpenAITeacher, TeacherFatalError, estimate_cost,
+                      openai_api_key)
 
 # ---------------------------------------------------------------------------------------------
-# Defaults (CLI flags mirror these one to one)
+# Defaults (CLI flags mirror these one to one; the record rules' defaults live in records.py)
 # ---------------------------------------------------------------------------------------------
 SOURCE = "sample"
 TEACHER = "offline"
 TEACHER_MODE = "hindsight"         # upstream's mode; 'blind' never tells the teacher the outcome
 SAMPLE_START, SAMPLE_END = "2011-09-04", "2013-02-17"   # ~76 prediction weeks inside bokeh's range
-MIN_PAST_WEEKS, MAX_PAST_WEEKS = 1, 3     # upstream samples 1..3 past weeks per prompt
-MAX_NEWS_PER_WEEK = 5              # upstream; the sample source uses 3 to keep demo prompts short
-SAMPLE_MAX_NEWS_PER_WEEK = 3
-FINANCIALS_LAG_DAYS = 45           # 10-Q filing deadline for large filers is 40 days after quarter end
-FINANCIALS_LAG_DAYS_Q4 = 90        # 10-K comes later (60-90 days)
-VAL_FRACTION, TEST_FRACTION = 0.15, 0.15   # of prediction weeks, when no cutoff dates are given
+MIN_PAST_WEEKS, MAX_PAST_WEEKS = records.MIN_PAST_WEEKS, records.MAX_PAST_WEEKS   # upstream: 1..3
+MAX_NEWS_PER_WEEK = records.MAX_NEWS_PER_WEEK   # upstream's 5
+SAMPLE_MAX_NEWS_PER_WEEK = 3       # keeps the sample's demo prompts short
+FINANCIALS_LAG_DAYS, FINANCIALS_LAG_DAYS_Q4 = records.FINANCIALS_LAG_DAYS, records.FINANCIALS_LAG_DAYS_Q4
+VAL_FRACTION, TEST_FRACTION = records.VAL_FRACTION, records.TEST_FRACTION
 TEACHER_MODEL = "gpt-4o-mini"
 TEACHER_TEMPERATURE = 0.7
 TEACHER_MAX_TOKENS = 1024          # public answers are 1.3k-3.1k characters (< 800 tokens)
-FINNHUB_CALLS_PER_MINUTE = 55      # free plan: 60, but Finnhub has answered 429 below that
+FINNHUB_CALLS_PER_MINUTE = sources.FINNHUB_CALLS_PER_MINUTE   # 55: the free plan says 60, Finnhub 429s below
 LIVE_WEEKS = market_calendar.DEFAULT_WEEKS   # live default range: the last 52 completed weeks
-CACHE_ENV = "FORECASTER_CACHE"
 TEACHER_RETRIES = 2
 TEACHER_CONCURRENCY = 8
-SEED = 0
-PROMO_PREFIXES = ("Looking for stock market analysis and research with proves results?",)  # upstream filter
+SEED = records.SEED
+TICKER_SPELLING = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,14}$")   # AAPL, BRK.B, BRK-B, 7203.T
+
+
+class DataPipelineError(ValueError):
+    """A user mistake or an unusable input to a build: printed as one `Error:` line, exit 1."""
+
+
+EXPECTED_ERRORS = (DataPipelineError, DatasetError, RecordError, SourceFatalError)   # others are bugs: traceback
 
 
 def _date(x):
     return pd.Timestamp(x).strftime("%Y-%m-%d")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure transforms: weekly windows, news selection, financials availability
-# ---------------------------------------------------------------------------------------------
-def weekly_windows(closes, first_sunday, last_sunday, unfinished_from=None):
-    """Sunday-to-Sunday windows: price at each Sunday = last close on or before it.
-
-    `unfinished_from` = the first session whose close is not final yet (market_calendar): its bar and
-    later ones (a live quote during market hours) are ignored, and a Sunday counts only when every
-    session before it is final, so the week in progress never gets a price, let alone a label.
-
-    Returns [{start, end, start_price, end_price, start_price_date, end_price_date, weekly_return}].
-    """
-    closes = closes.dropna().sort_index()
-    sundays = pd.date_range(pd.Timestamp(first_sunday), pd.Timestamp(last_sunday), freq="W-SUN")
-    if unfinished_from is not None:
-        unfinished_from = pd.Timestamp(unfinished_from)
-        closes = closes.loc[closes.index < unfinished_from]
-        sundays = sundays[sundays < unfinished_from]
-    points = []
-    for s in sundays:
-        known = closes.loc[:s]
-        if known.empty:
-            continue
-        points.append((s, known.index[-1], float(known.iloc[-1])))
-    weeks = []
-    for (s0, d0, p0), (s1, d1, p1) in zip(points, points[1:]):
-        if (s1 - s0).days != 7 or d0 == d1 and (s1 - d1).days > 7:   # gap in the price history
-            continue
-        weeks.append({"start": _date(s0), "end": _date(s1), "start_price": p0, "end_price": p1,
-                      "start_price_date": _date(d0), "end_price_date": _date(d1),
-                      "weekly_return": P.weekly_return(p0, p1)})
-    return weeks
-
-
-def select_news(items, week_start, week_end, max_items, rng):
-    """News of one past week: dated week_start <= date < week_end, promo text filtered, duplicate
-    headlines dropped, then at most `max_items` sampled with `rng` and kept in date order."""
-    seen, kept = set(), []
-    for n in sorted(items, key=lambda n: n["date"]):
-        if not (week_start <= n["date"][:10] < week_end):
-            continue
-        if not n.get("headline") or (n.get("summary") or "").startswith(PROMO_PREFIXES):
-            continue
-        key = " ".join(n["headline"].lower().split())
-        if key in seen:
-            continue
-        seen.add(key)
-        kept.append({"date": n["date"][:10], "headline": n["headline"].strip(),
-                     "summary": (n.get("summary") or "").strip()})
-    if len(kept) > max_items:
-        kept = [kept[i] for i in sorted(rng.sample(range(len(kept)), max_items))]
-    return kept
-
-
-def financials_available(item, lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4):
-    """First date a quarter may be shown: its filing date, else period end + lag (Q4: the longer lag;
-    unknown fiscal quarter: the longer lag too, to stay on the safe side)."""
-    if item.get("filed"):
-        return _date(item["filed"])
-    lag = lag_days if item.get("fiscal_quarter") in (1, 2, 3) else lag_days_q4
-    return _date(pd.Timestamp(item["period"]) + pd.Timedelta(days=lag))
-
-
-def latest_financials(items, before, lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4):
-    """The most recent quarter available strictly before `before`, or None."""
-    usable = [(financials_available(i, lag_days, lag_days_q4), i) for i in items]
-    usable = [(avail, i) for avail, i in usable if avail < before]
-    if not usable:
-        return None
-    avail, item = max(usable, key=lambda x: x[1]["period"])
-    return {"period": _date(item["period"]), "available": avail, "metrics": item["metrics"]}
-
-
-def assign_split(prediction_start, prediction_end, val_start, test_start):
-    """Global date cutoffs, with an embargo so no train label uses prices from the validation period
-    (and none of validation from the test period). Returns a split name or None (embargoed)."""
-    if prediction_start >= test_start:
-        return "test"
-    if prediction_start >= val_start:
-        return "validation" if prediction_end <= test_start else None
-    return "train" if prediction_end <= val_start else None
-
-
-def default_cutoffs(prediction_starts, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION):
-    weeks = sorted(set(prediction_starts))
-    if len(weeks) < 3:
-        raise ValueError(f"only {len(weeks)} prediction week(s): need at least 3 for train/validation/test; "
-                         "widen --start/--end")
-    test_i = min(len(weeks) - 1, max(2, round(len(weeks) * (1 - test_fraction))))
-    val_i = min(test_i - 1, max(1, round(len(weeks) * (1 - test_fraction - val_fraction))))
-    return weeks[val_i], weeks[test_i]
-
-
-# ---------------------------------------------------------------------------------------------
-# Records: one per (symbol, prediction week)
-# ---------------------------------------------------------------------------------------------
-def assemble_record(symbol, profile, past_windows, news, quarters, target, max_news_per_week, rng,
-                    lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4):
-    """One prompt record: the past windows with their sampled news, the financials available before
-    the target week, and provenance dates. `target` = {start, end, start_price, start_price_date,
-    weekly_return (None when the week has not happened yet)}."""
-    past = []
-    for w in past_windows:
-        week = {k: w[k] for k in ("start", "end", "start_price", "end_price")}
-        week["news"] = select_news(news, w["start"], w["end"], max_news_per_week, rng)
-        past.append(week)
-    curday = target["start"]
-    fin = latest_financials(quarters, curday, lag_days, lag_days_q4)
-    shown = [n["date"] for w in past for n in w["news"]]
-    prof = dict(profile)
-    if prof.get("shares_outstanding"):   # point-in-time market cap = price x shares (millions)
-        prof["market_cap"] = target["start_price"] * prof["shares_outstanding"]
-    r = target.get("weekly_return")
-    return {
-        "symbol": symbol, "curday": curday, "period": f"{target['start']} to {target['end']}",
-        "profile": prof, "weeks": past, "financials": fin,
-        "as_of": target["start_price_date"] if prof.get("market_cap") else None,
-        "weekly_return": r, "label": P.label_from_return(r) if r is not None else None,
-        # provenance dates, checked by the leak tests
-        "prediction_start": target["start"], "prediction_end": target["end"],
-        "price_asof": target["start_price_date"],
-        "news_first": min(shown) if shown else "", "news_last": max(shown) if shown else "",
-        "financials_period": fin["period"] if fin else "",
-        "financials_available": fin["available"] if fin else "",
-    }
-
-
-def live_record(source, symbol, date, n_weeks=3, use_basics=False, max_news_per_week=MAX_NEWS_PER_WEEK,
-                seed=SEED, lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4):
-    """A prompt record for forecasting the week after `date` (the live demo): the prediction week starts
-    on the first Sunday on or after `date`, and the prompt holds the `n_weeks` weeks before it. The
-    realised label is filled in when the source already has prices for that week (historical dates)."""
-    day = pd.Timestamp(date)
-    curday = day if day.day_of_week == 6 else day + pd.offsets.Week(weekday=6)
-    first_sunday = curday - pd.Timedelta(weeks=n_weeks)
-    profile = source.profile(symbol)
-    closes = source.prices(symbol, first_sunday - pd.Timedelta(days=10), curday + pd.Timedelta(days=7))
-    if closes is None or closes.dropna().empty:
-        raise KeyError(f"{symbol}: no prices before {_date(curday)}")
-    weeks = weekly_windows(closes, first_sunday, curday + pd.Timedelta(days=7),
-                           market_calendar.first_unfinished_session())
-    past = [w for w in weeks if w["end"] <= _date(curday)][-n_weeks:]
-    if not past:
-        raise KeyError(f"{symbol}: no complete week of prices before {_date(curday)}")
-    realised = next((w for w in weeks if w["start"] == _date(curday)), None)
-    target = realised or {"start": _date(curday), "end": _date(curday + pd.Timedelta(days=7)),
-                          "start_price": past[-1]["end_price"], "start_price_date": past[-1]["end_price_date"],
-                          "weekly_return": None}
-    news = source.news(symbol, past[0]["start"], _date(curday))
-    quarters = source.financials(symbol) if use_basics else []
-    rng = random.Random(f"{seed}|{symbol}|{_date(curday)}")
-    return assemble_record(symbol, profile, past, news, quarters, target, max_news_per_week, rng,
-                           lag_days, lag_days_q4)
-
-
-def first_past_sunday(start, max_past_weeks):
-    """The first Sunday whose week can be a past week of a prompt for a prediction week >= start: where
-    price and news ranges begin."""
-    first = pd.Timestamp(start) - pd.Timedelta(weeks=max_past_weeks)
-    return first + pd.offsets.Week(weekday=6) if first.day_of_week != 6 else first
-
-
-def news_coverage(rows_by_split):
-    """Share of prompts with at least one news item: overall, per split and per ticker.
-
-    >>> news_coverage({"train": [{"symbol": "A", "n_news": 2}, {"symbol": "B", "n_news": 0}],
-    ...                "test": [{"symbol": "A", "n_news": 0}]})["per_ticker"]
-    {'A': 0.5, 'B': 0.0}
-    """
-    def share(rows):
-        return round(sum(1 for r in rows if _has_news(r)) / len(rows), 4) if rows else None
-    every = [r for rows in rows_by_split.values() for r in rows]
-    tickers = sorted({r["symbol"] for r in every})
-    return {"prompts_with_news": share(every),
-            "per_split": {split: share(rows) for split, rows in rows_by_split.items()},
-            "per_ticker": {t: share([r for r in every if r["symbol"] == t]) for t in tickers}}
-
-
-def _has_news(row):
-    if row.get("n_news") is not None:
-        return row["n_news"] > 0
-    return "[Headline]:" in (row.get("prompt") or "")     # datasets without the provenance columns
-
-
-def format_coverage(coverage, capped_days=None):
-    """Lines for the console: coverage per split and per ticker, and the days whose news call was capped."""
-    pct = lambda x: "n/a" if x is None else f"{x * 100:.1f}%"   # noqa: E731
-    splits = " | ".join(f"{k} {pct(v)}" for k, v in coverage["per_split"].items())
-    lines = [f"news coverage (prompts with >= 1 news item): all {pct(coverage['prompts_with_news'])} | {splits}"]
-    per_ticker = coverage["per_ticker"]
-    low = sorted(per_ticker, key=lambda t: (per_ticker[t], t))
-    lines.append("  per ticker: " + ", ".join(f"{t} {pct(per_ticker[t])}" for t in low[:12])
-                 + (f" (lowest 12 of {len(low)}; all in build.json)" if len(low) > 12 else ""))
-    if capped_days is not None:
-        capped = {s: d for s, d in capped_days.items() if d}
-        lines.append("  news days capped (the day alone filled a response; its older items are missing): "
-                     + ("none" if not capped else
-                        "; ".join(f"{s} {len(d)} ({', '.join(d[:3])}{', ...' if len(d) > 3 else ''})"
-                                  for s, d in sorted(capped.items()))))
-    return lines
-
-
-def inference_prompt(record):
-    """The stored (Llama-2-wrapped) prompt of a record, with the neutral instruction."""
-    user = P.render_prompt(record, P.neutral_instruction(record["symbol"], record["curday"], record["period"]))
-    return P.wrap_public_prompt(P.SYSTEM_PROMPT, user)
-
-
-def build_records(source, symbols, start, end, *, min_past_weeks=MIN_PAST_WEEKS,
-                  max_past_weeks=MAX_PAST_WEEKS, max_news_per_week=MAX_NEWS_PER_WEEK,
-                  lag_days=FINANCIALS_LAG_DAYS, lag_days_q4=FINANCIALS_LAG_DAYS_Q4, seed=SEED,
-                  progress=True):
-    """Prompt records for every symbol and prediction week with start Sunday in [start, end].
-
-    Returns (records, errors): a symbol the source cannot serve is reported in `errors` and the other
-    symbols are still built; a source error that no symbol can get past (a rejected key) is raised.
-    Only finished weeks are labelled (weekly_windows' `unfinished_from`, from the exchange calendar)."""
-    from sources import SourceFatalError
-    if not 1 <= min_past_weeks <= max_past_weeks:
-        raise ValueError(f"need 1 <= --min_past_weeks ({min_past_weeks}) <= --max_past_weeks ({max_past_weeks})")
-    first_sunday = first_past_sunday(start, max_past_weeks)
-    last_sunday = pd.Timestamp(end) + pd.offsets.Week(weekday=6)
-    unfinished = market_calendar.first_unfinished_session()
-    records, errors = [], {}
-    for symbol in tqdm(symbols, desc="symbols", unit="sym", disable=not progress):
-        try:
-            profile = source.profile(symbol)      # first: it tells whether the symbol exists at all
-            closes = source.prices(symbol, first_sunday - pd.Timedelta(days=10), last_sunday)
-            if closes is None or closes.dropna().empty:
-                raise KeyError(f"{symbol}: no prices between {_date(first_sunday)} and {_date(last_sunday)}")
-            news = source.news(symbol, _date(first_sunday), _date(last_sunday))
-            quarters = source.financials(symbol)
-        except SourceFatalError:
-            raise
-        except Exception as exc:   # one ticker failing must not sink the others; reported in build.json
-            errors[symbol] = exc.args[0] if isinstance(exc, KeyError) and exc.args else f"{type(exc).__name__}: {exc}"
-            continue
-        weeks = weekly_windows(closes, first_sunday, last_sunday, unfinished)
-        for i, target in enumerate(weeks):
-            if not (start <= target["start"] <= end) or i < min_past_weeks:
-                continue
-            rng = random.Random(f"{seed}|{symbol}|{target['start']}")
-            n_past = rng.randint(min_past_weeks, min(max_past_weeks, i))
-            records.append(assemble_record(symbol, profile, weeks[i - n_past:i], news, quarters, target,
-                                           max_news_per_week, rng, lag_days, lag_days_q4))
-    return records, errors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +81,8 @@ def teacher_request(record, mode):
     instruction = P.teacher_instruction(record["symbol"], record["curday"], record["period"], mode,
                                         record["label"])
     user = P.render_prompt(record, instruction)
-    rid = f"{record['symbol']}|{record['period']}"
     key = hashlib.sha256(f"{mode}\n{P.SYSTEM_PROMPT}\n{user}".encode()).hexdigest()[:16]
-    return {"id": rid, "key": key, "system": P.SYSTEM_PROMPT, "user": user, "record": record,
+    return {"id": record_id(record), "key": key, "system": P.SYSTEM_PROMPT, "user": user, "record": record,
             "label": record["label"], "mode": mode}
 
 
@@ -365,7 +125,6 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
     todo = [r for r in requests if r["id"] not in answers]
     failures, usage = {}, {"prompt_tokens": 0, "completion_tokens": 0}
 
-    from teachers import TeacherFatalError
     stopped = threading.Event()      # set by the first fatal error: queued requests are never sent
 
     def ask(request):
@@ -396,7 +155,7 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
             except TeacherFatalError as exc:
                 for other in futures:
                     other.cancel()
-                raise ValueError(f"{exc} ({len(answers)} answers kept in {journal_path})") from None
+                raise DataPipelineError(f"{exc} ({len(answers)} answers kept in {journal_path})") from None
             if text is None:
                 failures[request["id"]] = problem
                 continue
@@ -412,21 +171,8 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
 
 
 # ---------------------------------------------------------------------------------------------
-# Rows, splits, saving
+# Saving
 # ---------------------------------------------------------------------------------------------
-def to_row(record, answer, mode, source_name):
-    return {
-        "prompt": inference_prompt(record), "answer": answer,
-        "period": record["period"], "label": record["label"], "symbol": record["symbol"],
-        "id": f"{record['symbol']}|{record['period']}", "weekly_return": record["weekly_return"],
-        "prediction_start": record["prediction_start"], "prediction_end": record["prediction_end"],
-        "price_asof": record["price_asof"], "news_first": record["news_first"],
-        "news_last": record["news_last"], "financials_period": record["financials_period"],
-        "financials_available": record["financials_available"], "n_past_weeks": len(record["weeks"]),
-        "n_news": sum(len(w["news"]) for w in record["weeks"]), "teacher_mode": mode, "source": source_name,
-    }
-
-
 def _versions():
     import importlib.metadata as md
     out = {"python": sys.version.split()[0]}
@@ -469,31 +215,32 @@ SAMPLE_DESCRIPTION = (
     "in build.json.")
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The build
+# ---------------------------------------------------------------------------------------------
 def build(args, source, teacher):
     started = time.time()
     out = Path(args.out)
-    if (out / "dataset_dict.json").exists() and not args.overwrite:
-        raise ValueError(f"{out} already holds a dataset; pass --overwrite to rebuild it (the teacher "
-                         "journal in it is kept and reused)")
     out.mkdir(parents=True, exist_ok=True)
     symbols = resolve_symbols(args)
     horizon_warning = warn_news_horizon(source, args.start, args.max_past_weeks)
-    records, errors = build_records(
+    built, errors = records.build_records(
         source, symbols, args.start, args.end, min_past_weeks=args.min_past_weeks,
         max_past_weeks=args.max_past_weeks, max_news_per_week=args.max_news_per_week,
         lag_days=args.financials_lag_days, lag_days_q4=args.financials_lag_days_q4, seed=args.seed)
     for sym, err in errors.items():
         print(f"Error: {sym}: skipped ({err})", file=sys.stderr)
-    if not records:
-        raise ValueError("no prompts could be built: " + ("; ".join(f"{k}: {v}" for k, v in errors.items())
-                                                          or "no weeks in --start/--end"))
+    if not built:
+        raise DataPipelineError("no prompts could be built: " + (
+            "; ".join(f"{k}: {v}" for k, v in errors.items()) or "no weeks in --start/--end"))
     val_start, test_start = args.val_start, args.test_start
     if not (val_start and test_start):
-        auto_val, auto_test = default_cutoffs([r["prediction_start"] for r in records])
+        auto_val, auto_test = records.default_cutoffs([r["prediction_start"] for r in built])
         val_start, test_start = val_start or auto_val, test_start or auto_test
     if not val_start < test_start:
-        raise ValueError(f"--val_start {val_start} must be before --test_start {test_start}")
-    requests = [teacher_request(r, args.teacher_mode) for r in records]
+        raise DataPipelineError(f"--val_start {val_start} must be before --test_start {test_start}")
+    requests = [teacher_request(r, args.teacher_mode) for r in built]
     if args.dry_run:
         print(f"dry run: {len(requests)} prompts built for {len(symbols) - len(errors)} symbols; no teacher calls")
         return None
@@ -504,19 +251,10 @@ def build(args, source, teacher):
         concurrency=args.teacher_concurrency)
     if not answers:
         first = next(iter(failures.values()), "no failure recorded")
-        raise ValueError(f"the teacher answered none of the {len(requests)} prompts, so no dataset was written; "
-                         f"first failure: {first[:300]}")
-    rows_by_split, embargoed = {"train": [], "validation": [], "test": []}, 0
-    for record in records:
-        rid = f"{record['symbol']}|{record['period']}"
-        if rid not in answers:
-            continue
-        split = assign_split(record["prediction_start"], record["prediction_end"], val_start, test_start)
-        if split is None:
-            embargoed += 1
-            continue
-        rows_by_split[split].append(to_row(record, answers[rid], args.teacher_mode, source.name))
-    rows_by_split = {k: v for k, v in rows_by_split.items() if v}
+        raise DataPipelineError(f"the teacher answered none of the {len(requests)} prompts, so no dataset was "
+                                f"written; first failure: {first[:300]}")
+    rows_by_split, embargoed = records.split_rows(built, answers, val_start, test_start, args.teacher_mode,
+                                                  source.name)
     description = SAMPLE_DESCRIPTION if source.name == "sample" else (
         f"Weekly forecasting prompts built from {source.name} data; answers by {teacher.model} "
         f"({args.teacher_mode} mode).")
@@ -532,7 +270,7 @@ def build(args, source, teacher):
         "tickers": symbols, "ticker_errors": errors,
         "cutoffs": {"val_start": val_start, "test_start": test_start},
         "counts": {k: len(v) for k, v in rows_by_split.items()},
-        "prompts_built": len(records), "embargoed": embargoed,
+        "prompts_built": len(built), "embargoed": embargoed,
         "teacher_failures": failures, "teacher_stats": teacher_stats,
         "teacher_request": getattr(teacher, "request_parameters", lambda: None)(),
         "teacher_cost_usd": teacher_cost(teacher_stats, args),
@@ -572,7 +310,6 @@ def warn_news_horizon(source, start, max_past_weeks):
 def teacher_cost(stats, args):
     if args.teacher == "offline":
         return 0.0
-    from teachers import PRICES_PER_M_TOKENS
     table = PRICES_PER_M_TOKENS.get(args.teacher_model, (None, None))
     p_in = args.price_in if args.price_in is not None else table[0]
     p_out = args.price_out if args.price_out is not None else table[1]
@@ -582,34 +319,23 @@ def teacher_cost(stats, args):
 
 
 def resolve_symbols(args):
-    from indices import get_index
+    """The companies to build, in order, one share class each; DataPipelineError when none are named."""
     if args.tickers:
         symbols = [t.strip().upper() for t in args.tickers.split(",") if t.strip()]
     elif args.index:
-        symbols = list(get_index(args.index).tickers)
+        try:
+            symbols = list(get_index(args.index).tickers)
+        except ValueError as exc:        # get_index's message names the known indices
+            raise DataPipelineError(f"--index: {exc}") from None
     elif args.source == "sample":
-        from sources import SAMPLE_TICKERS
         symbols = list(SAMPLE_TICKERS)
     else:
-        raise ValueError("name the companies: --index dow30|dow30_2023|nasdaq100 or --tickers A,B,C")
+        raise DataPipelineError("name the companies: --index dow30|dow30_2023|nasdaq100 or --tickers A,B,C")
+    if not symbols:
+        raise DataPipelineError(f"--tickers {args.tickers!r} names no ticker")
     if {"GOOG", "GOOGL"} <= set(symbols):   # one share class per company
         symbols.remove("GOOG")
     return list(dict.fromkeys(symbols))
-
-
-def open_source(name, prices_csv=None, cache_dir=None, calls_per_minute=FINNHUB_CALLS_PER_MINUTE,
-                backoff_s=1.0, seed=SEED):
-    """A source by name: 'sample' (offline) or 'finnhub' (Finnhub + yfinance or a prices CSV)."""
-    if name == "sample":
-        from sources import SampleSource
-        return SampleSource(seed=seed)
-    if name != "finnhub":
-        raise ValueError(f"unknown source {name!r}; choose sample or finnhub")
-    from sources import CsvPrices, FinnhubData, LiveSource, YFinancePrices
-    finnhub_data = FinnhubData(os.environ.get("FINNHUB_KEY"), cache_dir=cache_dir,
-                               calls_per_minute=calls_per_minute, backoff_s=backoff_s)
-    prices = CsvPrices(prices_csv) if prices_csv else YFinancePrices(cache_dir=cache_dir)
-    return LiveSource(finnhub_data, prices)
 
 
 def make_source(args):
@@ -618,9 +344,6 @@ def make_source(args):
 
 
 def make_teacher(args):
-    from teachers import TEACHERS, OpenAITeacher
-    if args.teacher not in TEACHERS:
-        raise ValueError(f"unknown --teacher {args.teacher!r}; choose one of {', '.join(TEACHERS)}")
     if args.teacher == "openai":
         return OpenAITeacher(args.teacher_model, base_url=args.teacher_base_url,
                              temperature=args.teacher_temperature, max_tokens=args.teacher_max_tokens)
@@ -631,7 +354,6 @@ def confirm_cost(requests, args, done_ids=()):
     """Print prompts, estimated tokens and cost before the first paid call; ask unless --yes."""
     if args.teacher == "offline":
         return
-    from teachers import estimate_cost
     todo = [r for r in requests if r["id"] not in done_ids]
     tokens_in, tokens_out, cost = estimate_cost(todo, args.teacher_model, args.teacher_max_tokens,
                                                 args.price_in, args.price_out)
@@ -641,29 +363,52 @@ def confirm_cost(requests, args, done_ids=()):
     if args.yes:
         return
     if not sys.stdin.isatty():
-        raise ValueError("not asking for confirmation without a terminal: pass --yes to proceed")
+        raise DataPipelineError("not asking for confirmation without a terminal: pass --yes to proceed")
     if input("Proceed? [y/N] ").strip().lower() not in ("y", "yes"):
-        raise ValueError("cancelled; nothing was asked")
+        raise DataPipelineError("cancelled; nothing was asked")
 
 
+def check(path, hindsight=None):
+    dd = load_forecast_dataset(path)
+    summary = summarize(dd, path, hindsight=True if hindsight else None)
+    print(format_summary(summary))
+    rows_by_split = {}
+    for name, split in dd.items():
+        columns = [c for c in ("symbol", "n_news", "prompt") if c in split.column_names]
+        rows_by_split[name] = split.select_columns(columns).to_list() if "symbol" in columns else []
+    capped = None
+    manifest = Path(path) / "build.json"
+    if manifest.is_file():
+        capped = (json.loads(manifest.read_text()).get("news_coverage") or {}).get("capped_days")
+    if any(rows_by_split.values()):
+        summary["news_coverage"] = news_coverage(rows_by_split)
+        for line in format_coverage(summary["news_coverage"], capped):
+            print(line)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
+    """Parse the flags and fill the defaults that depend on others; checking them is validate_args'."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", metavar="PATH", help="validate and summarize a dataset (folder, .jsonl, "
                    ".parquet or hub id) and exit; non-zero only on a structural error")
     p.add_argument("--hindsight", action="store_true", help="with --check: also check that each label "
                    "matches the answer's Prediction line (for hindsight datasets such as the public one)")
-    p.add_argument("--source", default=SOURCE, choices=["sample", "finnhub"],
+    p.add_argument("--source", default=SOURCE, choices=SOURCES,
                    help="sample: offline bokeh prices + generated news; finnhub: Finnhub news/profile/"
                         "financials + yfinance prices (needs FINNHUB_KEY)")
     p.add_argument("--prices_csv", help="with --source finnhub: your own daily prices (columns date, symbol, "
                    "close) instead of yfinance")
-    p.add_argument("--cache_dir", help=f"raw response cache (default ${{{CACHE_ENV}}} or "
+    p.add_argument("--cache_dir", help=f"raw response cache (default ${{{CACHE_DIR_ENV}}} or "
                    "~/.cache/fingpt-forecaster); a warm re-run makes zero network calls")
     p.add_argument("--finnhub_calls_per_minute", type=int, default=FINNHUB_CALLS_PER_MINUTE,
                    help="Finnhub rate limit, calls/min (free plan: 60; 55 leaves room for its early 429s)")
     p.add_argument("--finnhub_backoff_s", type=float, default=1.0,
                    help="base of the jittered exponential backoff on 429/5xx/timeouts, seconds")
-    p.add_argument("--teacher", default=TEACHER, choices=["offline", "openai"],
+    p.add_argument("--teacher", default=TEACHER, choices=list(TEACHERS),
                    help="who writes the answers: offline (extractive, no model) or openai (any "
                         "OpenAI-compatible server; key from OPENAI_API_KEY/OPENAI_KEY)")
     p.add_argument("--teacher_model", default=TEACHER_MODEL, help="model name on the teacher server")
@@ -708,70 +453,146 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.check:
         if args.source == "sample":
-            args.start = args.start or SAMPLE_START
-            args.end = args.end or SAMPLE_END
-            if args.max_news_per_week is None:
-                args.max_news_per_week = SAMPLE_MAX_NEWS_PER_WEEK
+            args.start, args.end = args.start or SAMPLE_START, args.end or SAMPLE_END
         elif not (args.start and args.end):
             try:
                 default_start, default_end = market_calendar.default_range(args.max_past_weeks, weeks=LIVE_WEEKS)
-            except ValueError as exc:
-                p.error(str(exc))
-            args.start, args.end = args.start or default_start, args.end or default_end
-        args.max_news_per_week = args.max_news_per_week or MAX_NEWS_PER_WEEK
-        if not 1 <= args.max_news_per_week <= P.MAX_NEWS_PER_WEEK:
-            p.error(f"--max_news_per_week must be 1..{P.MAX_NEWS_PER_WEEK}")
+                args.start, args.end = args.start or default_start, args.end or default_end
+            except ValueError:
+                pass                     # validate_args says why there is no default range
+        if args.max_news_per_week is None:      # 0 stays 0, for validate_args to refuse
+            args.max_news_per_week = SAMPLE_MAX_NEWS_PER_WEEK if args.source == "sample" else MAX_NEWS_PER_WEEK
         for flag in ("start", "end", "val_start", "test_start"):
-            value = getattr(args, flag)
-            if value:
-                try:
-                    setattr(args, flag, _date(value))
-                except ValueError:
-                    p.error(f"--{flag} {value!r} is not a date (YYYY-MM-DD)")
-        if args.start > args.end:
-            p.error(f"--start {args.start} is after --end {args.end}")
-        if not args.out:
-            if args.source == "sample":
-                p.error("--out is required (or use --check PATH)")
-            name = (args.index or "custom").lower()
-            args.out = (f"data/fingpt-forecaster-{name}-{args.start.replace('-', '')}-"
+            try:
+                setattr(args, flag, getattr(args, flag) and _date(getattr(args, flag)))
+            except ValueError:
+                pass                     # kept as typed; validate_args reports it
+        if not args.out and args.source != "sample" and args.start and args.end:
+            args.out = (f"data/fingpt-forecaster-{(args.index or 'custom').lower()}-{args.start.replace('-', '')}-"
                         f"{args.end.replace('-', '')}-{args.teacher_mode}")
     return args
 
 
-def check(path, hindsight=None):
-    dd = load_forecast_dataset(path)
-    summary = summarize(dd, path, hindsight=True if hindsight else None)
-    print(format_summary(summary))
-    rows_by_split = {}
-    for name, split in dd.items():
-        columns = [c for c in ("symbol", "n_news", "prompt") if c in split.column_names]
-        rows_by_split[name] = split.select_columns(columns).to_list() if "symbol" in columns else []
-    capped = None
-    manifest = Path(path) / "build.json"
-    if manifest.is_file():
-        capped = (json.loads(manifest.read_text()).get("news_coverage") or {}).get("capped_days")
-    if any(rows_by_split.values()):
-        summary["news_coverage"] = news_coverage(rows_by_split)
-        for line in format_coverage(summary["news_coverage"], capped):
-            print(line)
-    return summary
+def _flag_problems(args):
+    """Dates, ranges and numbers: [problem, ...]."""
+    problems, dates_ok = [], True
+    for flag in ("start", "end", "val_start", "test_start"):
+        value = getattr(args, flag)
+        try:
+            value and _date(value)
+        except ValueError:
+            problems.append(f"--{flag} {value!r} is not a date (YYYY-MM-DD)")
+            dates_ok = False
+    if not (args.start and args.end):
+        try:
+            market_calendar.default_range(args.max_past_weeks, weeks=LIVE_WEEKS)
+        except ValueError as exc:
+            problems.append(f"no default --start/--end ({exc}); pass both")
+    elif dates_ok and args.start > args.end:
+        problems.append(f"--start {args.start} is after --end {args.end}")
+    if dates_ok and args.val_start and args.test_start and not args.val_start < args.test_start:
+        problems.append(f"--val_start {args.val_start} must be before --test_start {args.test_start}")
+    bounds = {"min_past_weeks": (1, None), "max_past_weeks": (1, None),
+              "max_news_per_week": (1, P.MAX_NEWS_PER_WEEK), "financials_lag_days": (0, None),
+              "financials_lag_days_q4": (0, None), "finnhub_calls_per_minute": (1, None),
+              "finnhub_backoff_s": (0, None), "teacher_temperature": (0, 2), "teacher_max_tokens": (1, None),
+              "teacher_retries": (0, None), "teacher_concurrency": (1, None), "price_in": (0, None),
+              "price_out": (0, None)}
+    for flag, (low, high) in bounds.items():
+        value = getattr(args, flag)
+        if value is not None and (value < low or high is not None and value > high):
+            problems.append(f"--{flag} {value} must be " + (f"{low}..{high}" if high is not None else f">= {low}"))
+    if args.min_past_weeks > args.max_past_weeks:
+        problems.append(f"--min_past_weeks {args.min_past_weeks} is above --max_past_weeks {args.max_past_weeks}")
+    try:
+        market_calendar.first_unfinished_session()     # which weeks are finished: every build asks
+    except ValueError as exc:
+        problems.append(f"the exchange calendar cannot tell which weeks are finished ({exc}): upgrade it")
+    return problems, dates_ok
+
+
+def _sample_problems(args, symbols, dates_ok):
+    """The offline sample's four tickers and its date range: [problem, ...]."""
+    problems = []
+    if importlib.util.find_spec("bokeh_sampledata") is None:
+        problems.append("--source sample needs `pip install --no-deps bokeh-sampledata` (make setup does this)")
+    unknown = [s for s in symbols if s not in SAMPLE_TICKERS]
+    if unknown:
+        problems.append(f"--tickers {','.join(unknown)}: not in the offline sample (it has "
+                        f"{', '.join(SAMPLE_TICKERS)}); use --source finnhub for other companies")
+    if dates_ok and args.start and args.end:
+        first = pd.Timestamp(SAMPLE_FIRST_DATE) + pd.offsets.Week(weekday=6)      # the first Sunday with a price
+        earliest = _date(first + pd.Timedelta(weeks=args.max_past_weeks))       # room for the past weeks
+        latest = _date(pd.Timestamp(SAMPLE_LAST_DATE) - pd.offsets.Week(weekday=6))   # its week ends past the data
+        if args.start < earliest or args.end > latest:
+            problems.append(f"--start {args.start} --end {args.end} is outside the offline sample: its prices run "
+                            f"{SAMPLE_FIRST_DATE} .. {SAMPLE_LAST_DATE}, so prediction weeks can start {earliest} "
+                            f".. {latest} (with --max_past_weeks {args.max_past_weeks})")
+    return problems + (["--prices_csv works with --source finnhub only"] if args.prices_csv else [])
+
+
+def _prices_csv_problems(path):    # the header only: reading the prices is the build's job
+    if not Path(path).is_file():
+        return [f"--prices_csv {path}: no such file"]
+    with open(path, newline="") as f:
+        header = {c.strip().lower() for c in next(csv.reader(f), [])}
+    missing = [c for c in PRICES_CSV_COLUMNS if c not in header]
+    return [f"--prices_csv {path}: missing column(s) {', '.join(missing)} (need {', '.join(PRICES_CSV_COLUMNS)})"
+            ] if missing else []
+
+
+def validate_args(args):
+    """Check every flag before any source or teacher call and report all problems in one DataPipelineError.
+    With --check only the path matters, and load_forecast_dataset names what is wrong with it."""
+    if args.check:
+        return
+    problems, dates_ok = _flag_problems(args)
+    try:
+        symbols = resolve_symbols(args)
+    except DataPipelineError as exc:
+        problems.append(str(exc))
+        symbols = []
+    misspelt = [s for s in symbols if not TICKER_SPELLING.match(s)]
+    if misspelt:
+        problems.append(f"--tickers: {', '.join(map(repr, misspelt))} is not a ticker (letters, digits, '.' or "
+                        "'-'; separate tickers with commas)")
+    if args.source == "sample":
+        problems += _sample_problems(args, [s for s in symbols if s not in misspelt], dates_ok)
+    else:
+        if not os.environ.get(FINNHUB_KEY_ENV):
+            problems.append(f"--source finnhub needs an API key: set {FINNHUB_KEY_ENV} in the environment or in "
+                            ".env (a free key is enough)")
+        if args.prices_csv:
+            problems += _prices_csv_problems(args.prices_csv)
+    if args.teacher == "openai" and not openai_api_key():
+        problems.append("--teacher openai needs a key: set OPENAI_API_KEY (or OPENAI_KEY) in the environment "
+                        "or .env; local servers accept any non-empty value")
+    if not args.out:
+        if args.source == "sample":
+            problems.append("--out is required (or use --check PATH)")
+    elif Path(args.out).exists() and not Path(args.out).is_dir():
+        problems.append(f"--out {args.out} is a file; name a folder")
+    elif (Path(args.out) / "dataset_dict.json").exists() and not args.overwrite:
+        problems.append(f"{args.out} already holds a dataset; pass --overwrite to rebuild it (the teacher "
+                        "journal in it is kept and reused)")
+    if problems:
+        raise DataPipelineError(problems[0] if len(problems) == 1 else f"{len(problems)} problems with the "
+                                "arguments:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    load_dotenv(find_dotenv(usecwd=True))     # FINNHUB_KEY, OPENAI_API_KEY from ./.env; the environment wins
     try:
-        from dotenv import load_dotenv
-        load_dotenv()      # FINNHUB_KEY, OPENAI_API_KEY from .env; the environment wins
+        validate_args(args)
         if args.check:
             check(args.check, args.hindsight)
-            return 0
-        build(args, make_source(args), make_teacher(args))
-        return 0
-    except (DatasetError, ValueError, KeyError, RuntimeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"Error: {msg}", file=sys.stderr)
+        else:
+            build(args, make_source(args), make_teacher(args))
+    except EXPECTED_ERRORS as exc:
+        print(f"Error: {exc}", file=sys.stderr)
         return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,14 @@ def _with_ids(ds, where):
     if missing:
         raise DatasetError(f"{where}: missing column(s) {', '.join(missing)}; a forecasting dataset needs "
                            f"{', '.join(REQUIRED_COLUMNS)}")
+    for column in REQUIRED_COLUMNS:      # a row without one of them would fail later, far from its cause
+        dtype = getattr(ds.features[column], "dtype", type(ds.features[column]).__name__)
+        if dtype not in ("string", "large_string"):
+            raise DatasetError(f"{where}: column {column!r} holds {dtype} values; it must be text in every row")
+        nulls = ds.data.column(column).null_count
+        if nulls:
+            raise DatasetError(f"{where}: {nulls} row(s) have no {column!r}; every row needs "
+                               f"{', '.join(REQUIRED_COLUMNS)}")
     if "id" not in ds.column_names:
         ds = ds.map(lambda row: {"id": example_id(row["symbol"], row["period"])}, desc=f"ids for {where}")
     return ds
@@ -48,14 +56,32 @@ def _check_unique_ids(dd):
         raise DatasetError(f"duplicate example ids (symbol|period): {shown}")
 
 
+def _read_file(p):
+    """One .jsonl/.json/.parquet file as a Dataset; DatasetError when it is empty or not that format."""
+    import pyarrow
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+    from datasets.utils import logging as datasets_logging
+    kind = "Parquet" if p.suffix == ".parquet" else "JSON lines"
+    if p.stat().st_size == 0:
+        raise DatasetError(f"{p}: empty file; a forecasting dataset needs one {kind} row per example")
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)   # its "Failed to load" line repeats our Error
+    try:
+        return Dataset.from_parquet(str(p)) if p.suffix == ".parquet" else Dataset.from_json(str(p))
+    except (DatasetGenerationError, pyarrow.ArrowException, ValueError, StopIteration) as exc:   # unreadable input
+        cause = exc.__cause__ or exc     # datasets wraps the parser's own message (which row, what is wrong)
+        raise DatasetError(f"{p}: not a {kind} file ({type(cause).__name__}: {cause})".replace(" ()", "")) from None
+    finally:
+        datasets_logging.set_verbosity(verbosity)
+
+
 def _load_files(paths):
-    from datasets import Dataset, DatasetDict, concatenate_datasets
+    from datasets import DatasetDict, concatenate_datasets
     groups = {}
     for p in paths:
         split = next((s for s in SPLIT_ORDER if s in p.stem.lower()), "train")
-        fmt = "parquet" if p.suffix == ".parquet" else "json"
-        ds = Dataset.from_parquet(str(p)) if fmt == "parquet" else Dataset.from_json(str(p))
-        groups.setdefault(split, []).append(ds)
+        groups.setdefault(split, []).append(_read_file(p))
     return DatasetDict({k: concatenate_datasets(v) if len(v) > 1 else v[0] for k, v in groups.items()})
 
 

@@ -470,19 +470,21 @@ def run_dataset(generator, rows, out, manifest, batch_size, overwrite=False, len
 # Live forecast
 # ---------------------------------------------------------------------------------------------
 def build_live_prompt(ticker, date, n_weeks=N_WEEKS, use_basics=False, source="sample"):
-    """The prompt for forecasting `ticker`'s week after `date`, from data_pipeline.py's sources.
+    """The prompt for forecasting `ticker`'s week after `date`, from the sources data_pipeline.py uses.
 
     Returns {"system": str, "user": str, "info": str (the information block to print), "period": str}.
     The prediction week starts on the first Sunday on or after `date`; the prompt holds the `n_weeks`
-    weeks before it (financials only with use_basics), built by data_pipeline.py's shared record code.
+    weeks before it (financials only with use_basics), built by records.py, the leak-free record code
+    data_pipeline.py builds datasets with.
     """
     from dotenv import load_dotenv
 
-    import data_pipeline
+    import records            # records and sources import pandas: lazy, so dataset runs and --help skip it
     from prompt import SYSTEM_PROMPT, neutral_instruction, render_prompt
+    from sources import open_source
     load_dotenv()
-    record = data_pipeline.live_record(data_pipeline.open_source(source), ticker.upper(), date, n_weeks=n_weeks,
-                                       use_basics=use_basics)
+    record = records.live_record(open_source(source), ticker.upper(), date, n_weeks=n_weeks,
+                                 use_basics=use_basics)
     instruction = neutral_instruction(record["symbol"], record["curday"], record["period"])
     user = render_prompt(record, instruction)
     info = user[: -len(instruction)].rstrip()

@@ -649,12 +649,15 @@ class YFinancePrices:
                 "backoff_wait_s": round(self.waited, 1)}
 
 
+PRICES_CSV_COLUMNS = ("date", "symbol", "close")
+
+
 class CsvPrices:
     """Your own daily prices: a CSV with columns date, symbol, close (adjusted)."""
 
     def __init__(self, path):
         frame = pd.read_csv(path)
-        missing = {"date", "symbol", "close"} - set(c.lower() for c in frame.columns)
+        missing = set(PRICES_CSV_COLUMNS) - set(c.lower() for c in frame.columns)
         if missing:
             raise ValueError(f"--prices_csv {path}: missing column(s) {', '.join(sorted(missing))} "
                              "(need date, symbol, close)")
@@ -692,3 +695,23 @@ class LiveSource:
         if isinstance(self.price_source, YFinancePrices):
             out["yfinance"] = self.price_source.stats()
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A source by name (data_pipeline.py builds, inference.py's live forecast)
+# ---------------------------------------------------------------------------------------------
+SOURCES = ("sample", "finnhub")
+FINNHUB_KEY_ENV = "FINNHUB_KEY"
+
+
+def open_source(name, prices_csv=None, cache_dir=None, calls_per_minute=FINNHUB_CALLS_PER_MINUTE,
+                backoff_s=1.0, seed=0):
+    """A source by name: 'sample' (offline) or 'finnhub' (Finnhub + yfinance or a prices CSV)."""
+    if name == "sample":
+        return SampleSource(seed=seed)
+    if name != "finnhub":
+        raise ValueError(f"unknown source {name!r}; choose {' or '.join(SOURCES)}")
+    finnhub_data = FinnhubData(os.environ.get(FINNHUB_KEY_ENV), cache_dir=cache_dir,
+                               calls_per_minute=calls_per_minute, backoff_s=backoff_s)
+    prices = CsvPrices(prices_csv) if prices_csv else YFinancePrices(cache_dir=cache_dir)
+    return LiveSource(finnhub_data, prices)

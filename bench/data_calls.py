@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import data_pipeline as dp  # noqa: E402
+import records  # noqa: E402
 from fake_servers import FakeFinnhub, FakeOpenAI  # noqa: E402
 from sources import FINNHUB_CALLS_PER_MINUTE, FinnhubData, SimulatedClock  # noqa: E402
 from teachers import OpenAITeacher  # noqa: E402
@@ -139,8 +140,8 @@ def main():
             print(line)
 
     from sources import SampleSource
-    records, _ = dp.build_records(SampleSource(), ["AAPL", "MSFT"], "2011-09-04", "2013-02-17", progress=False)
-    requests = [dp.teacher_request(r, "hindsight") for r in records[: args.teacher_prompts]]
+    built, _ = records.build_records(SampleSource(), ["AAPL", "MSFT"], "2011-09-04", "2013-02-17", progress=False)
+    requests = [dp.teacher_request(r, "hindsight") for r in built[: args.teacher_prompts]]
     with FakeOpenAI(delay_s=0.2) as server:
         t1 = teacher_wall_time(server.url, requests, 1)
         t8 = teacher_wall_time(server.url, requests, 8)

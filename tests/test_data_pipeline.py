@@ -1,14 +1,22 @@
-"""Building datasets: weekly windows, leak rules on provenance dates, splits, determinism, resume."""
+"""Building datasets: weekly windows, leak rules on provenance dates, splits, determinism, resume; one
+`Error:` line for every bad input."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import data_pipeline as dp
+import records
 from dataset_io import load_forecast_dataset
 from prompt import parse_answer
 from sources import SampleSource
 from teachers import OfflineTeacher
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +57,13 @@ def test_leak_free_provenance_dates_on_every_record(sample_build):
 
 def test_records_never_show_the_target_weeks_news_or_prices():
     source = SampleSource()
-    records, errors = dp.build_records(source, ["AAPL"], "2012-03-04", "2012-06-24", progress=False)
-    assert not errors and records
-    for rec in records:
+    built, errors = records.build_records(source, ["AAPL"], "2012-03-04", "2012-06-24", progress=False)
+    assert not errors and built
+    for rec in built:
         for week in rec["weeks"]:
             assert week["end"] <= rec["curday"]
             assert all(n["date"] < rec["curday"] for n in week["news"])
-            assert len(week["news"]) <= dp.MAX_NEWS_PER_WEEK
+            assert len(week["news"]) <= records.MAX_NEWS_PER_WEEK
 
 
 def test_the_three_splits_do_not_overlap_in_time(sample_build):
@@ -81,7 +89,7 @@ def test_sample_build_is_deterministic_for_a_seed(tmp_path):
 def test_weekly_windows_use_the_last_close_on_or_before_each_sunday():
     days = pd.bdate_range("2024-01-01", "2024-01-31")
     closes = pd.Series(range(100, 100 + len(days)), index=days, dtype=float)
-    weeks = dp.weekly_windows(closes, "2024-01-07", "2024-01-28")
+    weeks = records.weekly_windows(closes, "2024-01-07", "2024-01-28")
     assert [w["start"] for w in weeks] == ["2024-01-07", "2024-01-14", "2024-01-21"]
     assert weeks[0]["start_price_date"] == "2024-01-05" and weeks[0]["start_price"] == 104.0
     assert weeks[0]["end_price_date"] == "2024-01-12"
@@ -90,16 +98,16 @@ def test_weekly_windows_use_the_last_close_on_or_before_each_sunday():
 def test_a_flat_week_gets_the_up_0_1_label():
     days = pd.bdate_range("2024-01-01", "2024-01-31")
     closes = pd.Series(100.0, index=days)
-    weeks = dp.weekly_windows(closes, "2024-01-07", "2024-01-21")
+    weeks = records.weekly_windows(closes, "2024-01-07", "2024-01-21")
     assert weeks[0]["weekly_return"] == 0.0
 
 
 def test_news_selection_dedups_filters_promos_and_samples_in_date_order():
     import random
     items = [{"date": f"2024-01-{d:02d}", "headline": h, "summary": s} for d, h, s in [
-        (8, "A", "x"), (8, "a ", "dup"), (9, "B", dp.PROMO_PREFIXES[0] + " buy now"), (9, "C", "y"),
+        (8, "A", "x"), (8, "a ", "dup"), (9, "B", records.PROMO_PREFIXES[0] + " buy now"), (9, "C", "y"),
         (10, "D", "z"), (11, "E", "w"), (12, "F", "v"), (14, "G", "next week")]]
-    kept = dp.select_news(items, "2024-01-07", "2024-01-14", 3, random.Random(0))
+    kept = records.select_news(items, "2024-01-07", "2024-01-14", 3, random.Random(0))
     assert len(kept) == 3 and [k["date"] for k in kept] == sorted(k["date"] for k in kept)
     assert {k["headline"] for k in kept} <= {"A", "C", "D", "E", "F"}
 
@@ -108,22 +116,28 @@ def test_financials_wait_for_filing_date_or_lag():
     q3 = {"period": "2023-09-30", "filed": None, "fiscal_quarter": 3, "metrics": {"eps": 1}}
     q4 = {"period": "2023-12-31", "filed": None, "fiscal_quarter": 4, "metrics": {"eps": 2}}
     filed = {"period": "2024-03-31", "filed": "2024-04-25", "fiscal_quarter": 1, "metrics": {"eps": 3}}
-    assert dp.financials_available(q3) == "2023-11-14"
-    assert dp.financials_available(q4) == "2024-03-30"
-    assert dp.latest_financials([q3, q4, filed], "2024-03-30")["period"] == "2023-09-30"
-    assert dp.latest_financials([q3, q4, filed], "2024-03-31")["period"] == "2023-12-31"
-    assert dp.latest_financials([q3, q4, filed], "2024-04-26")["period"] == "2024-03-31"
-    assert dp.latest_financials([q3], "2023-11-14") is None
+    assert records.financials_available(q3) == "2023-11-14"
+    assert records.financials_available(q4) == "2024-03-30"
+    assert records.latest_financials([q3, q4, filed], "2024-03-30")["period"] == "2023-09-30"
+    assert records.latest_financials([q3, q4, filed], "2024-03-31")["period"] == "2023-12-31"
+    assert records.latest_financials([q3, q4, filed], "2024-04-26")["period"] == "2024-03-31"
+    assert records.latest_financials([q3], "2023-11-14") is None
 
 
-def test_unknown_ticker_is_one_clear_error_and_the_others_still_build(tmp_path, capsys):
+def test_a_ticker_the_source_cannot_serve_is_reported_and_the_others_still_build():
+    built, errors = records.build_records(SampleSource(), ["AAPL", "ZZZZ", "MSFT"], "2012-06-03", "2012-07-29",
+                                          progress=False)
+    assert set(errors) == {"ZZZZ"} and "not in the offline sample" in errors["ZZZZ"]
+    assert {r["symbol"] for r in built} == {"AAPL", "MSFT"}
+
+
+def test_an_unknown_sample_ticker_is_refused_before_anything_is_built(tmp_path, capsys):
     out = tmp_path / "mixed"
     assert dp.main(["--out", str(out), "--tickers", "AAPL,ZZZZ,MSFT", "--start", "2012-06-03",
-                    "--end", "2012-09-30"]) == 0
+                    "--end", "2012-09-30"]) == 1
     err = capsys.readouterr().err
-    assert "Error: ZZZZ: skipped" in err and "not in the offline sample" in err
-    manifest = json.loads((out / "build.json").read_text())
-    assert set(manifest["tickers"]) - set(manifest["ticker_errors"]) == {"AAPL", "MSFT"}
+    assert err.count("Error:") == 1 and "ZZZZ: not in the offline sample (it has AAPL, MSFT, IBM, GOOG)" in err
+    assert not out.exists()
 
 
 def test_rebuilding_into_an_existing_dataset_needs_overwrite(sample_build, capsys):
@@ -131,11 +145,120 @@ def test_rebuilding_into_an_existing_dataset_needs_overwrite(sample_build, capsy
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_bad_dates_and_ranges_are_flag_errors(tmp_path):
-    with pytest.raises(SystemExit):
-        dp.parse_args(["--out", str(tmp_path), "--start", "yesterday"])
-    with pytest.raises(SystemExit):
-        dp.parse_args(["--out", str(tmp_path), "--start", "2013-01-01", "--end", "2012-01-01"])
+def test_every_flag_problem_is_reported_at_once_before_any_call(tmp_path):
+    args = dp.parse_args(["--out", str(tmp_path), "--start", "yesterday", "--tickers", "AAPL MSFT",
+                          "--max_news_per_week", "9", "--teacher_concurrency", "0", "--min_past_weeks", "4"])
+    with pytest.raises(dp.DataPipelineError) as caught:
+        dp.validate_args(args)
+    message = str(caught.value)
+    for words in ("5 problems", "--start 'yesterday' is not a date", "'AAPL MSFT' is not a ticker",
+                  "--max_news_per_week 9 must be 1..5", "--teacher_concurrency 0 must be >= 1",
+                  "--min_past_weeks 4 is above --max_past_weeks 3"):
+        assert words in message, message
+    with pytest.raises(dp.DataPipelineError, match="--start 2013-01-01 is after --end 2012-01-01"):
+        dp.validate_args(dp.parse_args(["--out", str(tmp_path), "--start", "2013-01-01", "--end", "2012-01-01"]))
+    dp.validate_args(dp.parse_args(["--out", str(tmp_path / "new")]))       # the defaults pass
+
+
+def test_the_sample_range_the_flags_accept_is_the_range_that_builds(tmp_path):
+    """README: prediction weeks can start 2004-09-12 ... 2013-02-24; one week either side is refused."""
+    def problems(start, end):
+        try:
+            dp.validate_args(dp.parse_args(["--out", str(tmp_path / "ds"), "--start", start, "--end", end]))
+        except dp.DataPipelineError as exc:
+            return str(exc)
+        return ""
+    assert problems("2004-09-12", "2013-02-24") == ""
+    assert "outside the offline sample" in problems("2004-09-05", "2013-02-24")
+    assert "outside the offline sample" in problems("2004-09-12", "2013-03-03")
+    first, _ = records.build_records(SampleSource(), ["GOOG"], "2004-09-12", "2004-09-12", progress=False)
+    last, _ = records.build_records(SampleSource(), ["AAPL"], "2013-02-24", "2013-02-24", progress=False)
+    assert len(first) == 1 and first[0]["label"] and len(last) == 1 and last[0]["label"]
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", "empty file"),
+    ("\n  \n", "not a JSON lines file"),
+    ('{"prompt": "p", "answer": "a", "period": "x", "label": "up by 0-1%", "symbol": "A"}\n'
+     '{"prompt": "p", "answer": "a", "period": "y", "symbol": "A"}\n', "1 row(s) have no 'label'"),
+    ('{"prompt": 1, "answer": "a", "period": "x", "label": "up by 0-1%", "symbol": "A"}\n', "'prompt' holds int64"),
+])
+def test_unreadable_or_incomplete_json_lines_are_one_error_naming_the_file(content, words, tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(content)
+    assert dp.main(["--check", str(path)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(path) in errors[0] and words in errors[0], errors
+
+
+def test_keys_come_from_the_dotenv_of_the_folder_you_run_in(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("FINNHUB_KEY", raising=False)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    args = ["--source", "finnhub", "--tickers", "AAA", "--out", "ds", "--finnhub_calls_per_minute", "0"]
+    assert dp.main(args) == 1                                   # no .env yet: both problems named
+    assert "FINNHUB_KEY" in capsys.readouterr().err
+    (tmp_path / ".env").write_text("FINNHUB_KEY=from-a-dotenv-file\n")   # a parent of the folder run in
+    assert dp.main(args) == 1
+    err = capsys.readouterr().err
+    assert "FINNHUB_KEY" not in err and "--finnhub_calls_per_minute 0 must be >= 1" in err
+
+
+def test_a_bug_keeps_its_traceback_instead_of_becoming_an_error_line(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not a user mistake")
+    monkeypatch.setattr(records, "build_records", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        dp.main(["--out", str(tmp_path / "ds"), "--start", "2012-06-03", "--end", "2012-09-30"])
+
+
+def _duplicate_ids(folder):
+    row = {"prompt": "p", "answer": "a", "period": "2024-01-07 to 2024-01-14", "label": "up by 0-1%",
+           "symbol": "AAPL"}
+    path = folder / "dupes.jsonl"
+    path.write_text((json.dumps(row) + "\n") * 2)
+    return path
+
+
+def _not_json_lines(folder):
+    path = folder / "bad.jsonl"
+    path.write_text("this is not json\n{\"prompt\": \n")
+    return path
+
+
+def _empty_folder(folder):
+    (folder / "empty").mkdir()
+    return folder / "empty"
+
+
+BAD_INPUTS = {      # name: (arguments, a fixture writing the input or None, words the Error: line must hold)
+    "check a missing path": (["--check", "{input}"], lambda d: d / "missing", "no such file or folder"),
+    "check an empty folder": (["--check", "{input}"], _empty_folder, "no saved dataset"),
+    "check a file of invalid JSON lines": (["--check", "{input}"], _not_json_lines, "not a JSON lines file"),
+    "check a dataset with duplicate ids": (["--check", "{input}"], _duplicate_ids, "duplicate example ids"),
+    "sample with an unknown ticker": (["--source", "sample", "--tickers", "ZZZZ", "--out", "ds"], None,
+                                      "ZZZZ: not in the offline sample"),
+    "sample with dates outside it": (["--source", "sample", "--start", "1999-01-03", "--end", "1999-06-27",
+                                      "--out", "ds"], None, "outside the offline sample"),
+    "finnhub with no key set": (["--source", "finnhub", "--tickers", "AAPL", "--start", "2024-01-07", "--end",
+                                 "2024-02-04", "--out", "ds"], None, "needs an API key: set FINNHUB_KEY"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_error_line_and_exit_1_without_a_traceback(case, tmp_path):
+    arguments, make_input, words = BAD_INPUTS[case]
+    given = make_input(tmp_path) if make_input else None
+    env = {k: v for k, v in os.environ.items() if k not in ("FINNHUB_KEY", "OPENAI_API_KEY", "OPENAI_KEY")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # cwd = a fresh folder: the .env lookup starts there, so a developer's own .env (and key) cannot leak in
+    proc = subprocess.run([sys.executable, str(ROOT / "data_pipeline.py"),
+                           *[a.format(input=given) for a in arguments]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert proc.returncode == 1, proc.stderr
+    assert len(errors) == 1 and words in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
 
 
 class CountingTeacher(OfflineTeacher):
@@ -151,8 +274,8 @@ class CountingTeacher(OfflineTeacher):
 
 
 def test_teacher_journal_resumes_without_asking_twice_and_retries_empty_answers(tmp_path):
-    records, _ = dp.build_records(SampleSource(), ["IBM"], "2012-03-04", "2012-04-29", progress=False)
-    requests = [dp.teacher_request(r, "hindsight") for r in records]
+    built, _ = records.build_records(SampleSource(), ["IBM"], "2012-03-04", "2012-04-29", progress=False)
+    requests = [dp.teacher_request(r, "hindsight") for r in built]
     journal = tmp_path / "journal.jsonl"
     teacher = CountingTeacher()
     answers, failures, stats = dp.label_with_teacher(requests[:4], teacher, journal, retries=1, progress=False)
@@ -171,8 +294,8 @@ def test_teacher_failures_are_reported_never_written_as_rows(tmp_path):
         name, model = "silent", "silent"
         def answer(self, request):
             return "   "
-    records, _ = dp.build_records(SampleSource(), ["IBM"], "2012-03-04", "2012-03-25", progress=False)
-    requests = [dp.teacher_request(r, "blind") for r in records]
+    built, _ = records.build_records(SampleSource(), ["IBM"], "2012-03-04", "2012-03-25", progress=False)
+    requests = [dp.teacher_request(r, "blind") for r in built]
     answers, failures, _ = dp.label_with_teacher(requests, Silent(), tmp_path / "j.jsonl", retries=2,
                                                  progress=False)
     assert answers == {} and set(failures) == {r["id"] for r in requests}
@@ -181,8 +304,8 @@ def test_teacher_failures_are_reported_never_written_as_rows(tmp_path):
 
 
 def test_blind_offline_teacher_predicts_last_weeks_direction_without_the_label(tmp_path):
-    records, _ = dp.build_records(SampleSource(), ["MSFT"], "2012-03-04", "2012-05-27", progress=False)
-    for rec in records:
+    built, _ = records.build_records(SampleSource(), ["MSFT"], "2012-03-04", "2012-05-27", progress=False)
+    for rec in built:
         req = dp.teacher_request(rec, "blind")
         assert rec["label"] not in req["user"]
         parsed = parse_answer(dp.check_teacher_answer(OfflineTeacher().answer(req), req))
@@ -198,18 +321,18 @@ def test_offline_answers_stay_short_enough_for_a_1024_token_demo(sample_build):
 
 def test_live_record_forecasts_the_week_after_a_date_from_past_information_only():
     source = SampleSource()
-    rec = dp.live_record(source, "AAPL", "2012-05-03", n_weeks=3, use_basics=True)
+    rec = records.live_record(source, "AAPL", "2012-05-03", n_weeks=3, use_basics=True)
     assert rec["curday"] == "2012-05-06" and rec["period"] == "2012-05-06 to 2012-05-13"
     assert len(rec["weeks"]) == 3 and rec["weeks"][-1]["end"] == "2012-05-06"
     assert rec["news_last"] < "2012-05-06" and rec["price_asof"] <= "2012-05-06"
     assert rec["financials_available"] < "2012-05-06" and rec["label"]       # history: label known
-    prompt = dp.inference_prompt(rec)
+    prompt = records.inference_prompt(rec)
     assert "next week (2012-05-06 to 2012-05-13)" in prompt
-    assert dp.live_record(source, "AAPL", "2012-05-03")["financials"] is None   # --use_basics off
+    assert records.live_record(source, "AAPL", "2012-05-03")["financials"] is None   # --use_basics off
 
 
 def test_live_record_for_a_week_beyond_the_data_has_no_label():
-    rec = dp.live_record(SampleSource(), "IBM", "2013-02-28", n_weeks=2)
+    rec = records.live_record(SampleSource(), "IBM", "2013-02-28", n_weeks=2)
     assert rec["label"] is None and rec["weekly_return"] is None and len(rec["weeks"]) == 2
 
 
@@ -219,6 +342,6 @@ def test_the_doctests_of_the_data_modules_pass():
 
     import market_calendar
     import sources
-    for module in (market_calendar, sources, dp):
+    for module in (market_calendar, sources, records):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -14,6 +14,7 @@ import pytest
 
 import data_pipeline as dp
 import market_calendar
+import records
 from dataset_io import load_forecast_dataset
 from fake_servers import GOOD_ANSWER, FakeFinnhub, FakeOpenAI
 from sources import SYMBOL_MAPS, FinnhubData, RateLimiter, SimulatedClock, YFinancePrices
@@ -351,7 +352,7 @@ def test_the_week_in_progress_is_never_labelled(servers, tmp_path, monkeypatch):
 
 def test_weekly_windows_stop_before_the_first_unfinished_session():
     closes = pd.Series(range(100, 100 + 18), index=pd.bdate_range("2024-04-01", "2024-04-24"), dtype=float)
-    weeks = dp.weekly_windows(closes, "2024-04-07", "2024-04-28", unfinished_from="2024-04-24")
+    weeks = records.weekly_windows(closes, "2024-04-07", "2024-04-28", unfinished_from="2024-04-24")
     assert [w["start"] for w in weeks] == ["2024-04-07", "2024-04-14"]
     assert weeks[-1]["end_price_date"] == "2024-04-19"
     assert market_calendar.first_unfinished_session(pd.Timestamp("2024-04-24 20:30", tz="UTC")) == \
@@ -534,7 +535,7 @@ def test_the_filing_lag_follows_finnhubs_own_quarter_field(tmp_path):
         quarters = {q["period"]: q["fiscal_quarter"] for q in data.financials("JUN")}
     assert quarters["2023-12-31"] == 2 and quarters["2024-03-31"] == 3 and quarters["2023-06-30"] == 4
     item = {"period": "2023-12-31", "filed": None, "fiscal_quarter": 2}
-    assert dp.financials_available(item) == "2024-02-14"              # Q2: 45 days, not the Q4 90
+    assert records.financials_available(item) == "2024-02-14"              # Q2: 45 days, not the Q4 90
 
 
 def test_a_403_on_financials_reported_is_remembered_for_the_plan(tmp_path, capsys):
