@@ -63,12 +63,30 @@ def restyle_pairs(pairs, style):
         fail(str(exc))
 
 
-def run_dpo(args):
-    """Train args.adapter (an SFT LoRA adapter dir) on the pairs in args.dpo; write args.output_dir."""
+def dpo_config(args, dtype):
+    """TRL's DPOConfig from train_lora.py's flags: the same DeepSpeed config (--ds_config) and the same
+    non-reentrant gradient checkpointing as the SFT stage (the reentrant kind needs inputs that require
+    grad, which a frozen base's embeddings do not give, so LoRA layers could get no gradient)."""
     import torch
+    from trl import DPOConfig
+    cuda = torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=args.output_dir, run_name=args.run_name, seed=args.seed, beta=args.dpo_beta,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate, num_train_epochs=args.num_epochs, max_steps=args.max_steps,
+        max_length=args.max_length, logging_steps=args.log_interval, save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit, report_to=[r for r in args.report_to.split(",") if r and r != "none"]
+        or "none", use_cpu=not cuda, bf16=cuda and dtype == "bf16", fp16=cuda and dtype == "fp16",
+        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
+        deepspeed=args.ds_config, dataloader_num_workers=0)
+
+
+def run_dpo(args):
+    """Train args.adapter (an SFT LoRA adapter dir) on the pairs in args.dpo; write args.output_dir (rank 0)."""
     from peft import PeftModel
-    from trl import DPOConfig, DPOTrainer
-    from models import ModelError, default_dtype, environment_info, load_model
+    from trl import DPOTrainer
+    from models import ModelError, default_dtype, environment_info, load_model, process_rank, training_engine
 
     started = time.time()
     adapter = Path(args.adapter or "")
@@ -85,30 +103,26 @@ def run_dpo(args):
     except ModelError as exc:
         fail(str(exc))
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    cuda = torch.cuda.is_available()
-    config = DPOConfig(
-        output_dir=args.output_dir, run_name=args.run_name, seed=args.seed, beta=args.dpo_beta,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate, num_train_epochs=args.num_epochs, max_steps=args.max_steps,
-        max_length=args.max_length, logging_steps=args.log_interval, save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit, report_to=[r for r in args.report_to.split(",") if r and r != "none"]
-        or "none", use_cpu=not cuda, bf16=cuda and dtype == "bf16", fp16=cuda and dtype == "fp16",
-        gradient_checkpointing=args.gradient_checkpointing, dataloader_num_workers=0)
-    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=pairs, processing_class=tokenizer)
+    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(args, dtype), train_dataset=pairs,
+                         processing_class=tokenizer)
     result = trainer.train()
     out = Path(args.output_dir)
+    wall = time.time() - started
+    timing = {"train_wall_s": round(wall, 1), "global_step": result.global_step,
+              "training_loss": result.training_loss, "engine": training_engine(trainer)}
+    if process_rank() != 0:                     # every rank holds the same LoRA weights: rank 0 writes
+        return {"output_dir": str(out), "pairs": len(pairs), "global_step": result.global_step, "timing": timing}
     model.peft_config["default"].base_model_name_or_path = base      # the registry name, not a local path
     model.save_pretrained(str(out), selected_adapters=["default"])   # not the frozen "ref" copy
     tokenizer.save_pretrained(str(out))
     style.save(out)
     trainer.save_state()
-    wall = time.time() - started
     (out / "args.json").write_text(json.dumps({"args": vars(args), "stage": "dpo", "base_model": base,
                                                "sft_adapter": str(adapter), "pairs": len(pairs), "dtype": dtype,
                                                "prompt_style": style.name}, indent=2, default=str))
     (out / "environment.json").write_text(json.dumps(environment_info(), indent=2))
-    (out / "timing.json").write_text(json.dumps({"train_wall_s": round(wall, 1), "global_step": result.global_step,
-                                                 "training_loss": result.training_loss}, indent=2))
+    (out / "timing.json").write_text(json.dumps(timing, indent=2))
     print(f"DPO adapter written to {out}: {len(pairs)} pairs, {result.global_step} steps, final loss "
-          f"{result.training_loss:.4f}, reference = the SFT adapter {adapter} (frozen), {wall / 60:.1f} min")
-    return {"output_dir": str(out), "pairs": len(pairs), "global_step": result.global_step}
+          f"{result.training_loss:.4f}, reference = the SFT adapter {adapter} (frozen), {wall / 60:.1f} min "
+          f"({timing['engine']['distributed_type']}, {timing['engine']['world_size']} rank(s))")
+    return {"output_dir": str(out), "pairs": len(pairs), "global_step": result.global_step, "timing": timing}

@@ -121,8 +121,9 @@ def label_to_code(label):
     return _code_from(direction, magnitude)
 
 
-def _code_from(direction, magnitude_pct):
-    k = max(1, math.ceil(round(magnitude_pct, 9)))
+def _code_from(direction, midpoint):
+    """Bin code of a direction and an unsigned bin midpoint (0.5 ... 5.5, from _magnitude_of)."""
+    k = math.ceil(midpoint)
     return ("U" if direction == "up" else "D") + (str(k) if k <= 5 else "5+")
 
 
@@ -420,16 +421,14 @@ def _magnitude_of(text):
         return 5.5
     m = _RANGE_RE.search(text)
     if m:
-        lo, hi = float(m.group(1)), float(m.group(2))
-        if lo >= 5:
-            return 5.5
-        k = max(1, math.ceil(round((lo + hi) / 2, 9)))
-        return 5.5 if k > 5 else k - 0.5
-    m = _SINGLE_RE.search(text)
-    if m:
-        k = max(1, math.ceil(round(float(m.group(1)), 9)))
-        return 5.5 if k > 5 else k - 0.5
-    return None
+        size = (float(m.group(1)) + float(m.group(2))) / 2       # '2-3%' -> 2.5 -> the 2-3% bin
+    else:
+        m = _SINGLE_RE.search(text)
+        if not m:
+            return None
+        size = float(m.group(1))
+    k = max(1, math.ceil(round(size, 9)))        # on a 1e-9 grid, as bin_return
+    return min(k, 6) - 0.5                       # 6 = the 'more than 5%' bin
 
 
 def _find_headers(text):
@@ -486,7 +485,6 @@ def parse_answer(text):
         stop = order[i + 1][1][0] if i + 1 < len(order) else len(text)
         setattr(result, key, text[end:stop].strip())
     # answers missing the analysis header (3 in the public test split): take from the Prediction line
-    pred_match = None
     if not result.analysis:
         after = headers.get("concerns", (0, 0))[1]
         pred_match = _PREDICTION_LINE_RE.search(text, after)
@@ -499,7 +497,6 @@ def parse_answer(text):
             result.problems.append(f"missing {key} section")
     # the prediction: a 'Prediction:' line, else an 'up/down by X%' phrase — in the analysis section
     # first, then anywhere (some models state the prediction before the sections)
-    phrase = ""
     for scope in ([result.analysis] if result.analysis else []) + [text]:
         phrase = _prediction_phrase(scope)
         if phrase:

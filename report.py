@@ -580,7 +580,8 @@ def signal_section(doc, metrics, comparison_dir):
             doc.add_png(target, "Reliability of p_up: mean p_up against the share of up weeks per bin (from "
                                 "comparison.py).")
     else:
-        doc.p("No run has p_up (inference.py's hf backend writes it), so there are no calibration figures.")
+        doc.p("No run has a p_up value (inference.py's hf backend writes one where an answer's Prediction line has a "
+              "direction word), so there are no calibration figures.")
     bench = metrics.get("benchmark") or {}
     table = [["benchmark", "equal weight", fmt(bench.get("annual_return"), "+.3f"), fmt(bench.get("volatility")),
               f"{fmt(bench.get('sharpe'), '.2f')}{_ci_text(bench.get('sharpe_ci'), '.2f')}",

@@ -236,9 +236,10 @@ def validate_args(args):
                 and importlib.util.find_spec("tensorboardX") is None:
             problems.append("--report_to tensorboard needs `pip install tensorboard`")
         if args.ds_config and importlib.util.find_spec("deepspeed") is None:
-            problems.append("--ds_config needs deepspeed: pip install -r requirements-gpu.txt (GPU machines)")
+            problems.append("--ds_config needs deepspeed: pip install --no-build-isolation -r requirements-gpu.txt "
+                            "(after torch)")
         if (args.load_in_8bit or args.load_in_4bit) and importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("--load_in_8bit/--load_in_4bit need bitsandbytes: pip install -r requirements-gpu.txt "
+            problems.append("--load_in_8bit/--load_in_4bit need bitsandbytes: pip install bitsandbytes "
                             "(it runs on CUDA and, slower, on CPU)")
         if args.resume_from_checkpoint and args.resume_from_checkpoint != "last" \
                 and not Path(args.resume_from_checkpoint).is_dir():
@@ -271,7 +272,6 @@ def validate_args(args):
 def fsdp_requested():
     """True when launched by `accelerate launch --use_fsdp` (it tells the ranks through the environment)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
-
 
 
 # ---------------------------------------------------------------------------------------------

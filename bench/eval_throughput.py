@@ -3,13 +3,18 @@
     python bench/eval_throughput.py                                   # CPU: embedded model, 32 sample prompts
     python bench/eval_throughput.py --dtype bf16 --n 16 --max_new_tokens 32
     python bench/eval_throughput.py --gpu                             # GPU: 8B architecture, random weights
+    python bench/eval_throughput.py --p_up [--bin_probs] [--adapter runs/demo/lora] --n 8 --max_new_tokens 256
 
 CPU mode runs the same HFGenerator both ways (batch_size prompts per call, length-sorted, left padding vs
 one prompt per call) on the embedded model and prints the speed-up and how many texts agree exactly
 (greedy; in fp32 they should all agree, in bf16 left padding shifts the numerics, so it is reported).
 GPU mode builds the Llama-3.1-8B architecture with random weights (nothing can be downloaded there),
 feeds random prompts of --prompt_tokens and forces --new_tokens per answer; one-at-a-time is timed on
---single_n prompts and extrapolated to --n. Record results in BENCHMARKS.md.
+--single_n prompts and extrapolated to --n. --p_up / --bin_probs time the same batched generation without
+direction probabilities, with p_up (the LogitsProcessor) and with p_up + p_bins (12 label continuations from
+the KV cache), `--repeats` rounds each (the fastest round counts: the machine may be shared), and print the
+time ratios, how many texts are identical (the probe must not change greedy text) and how many answers had
+a Prediction direction word (only those are scored for p_bins). Record results in BENCHMARKS.md.
 """
 import argparse
 import sys
@@ -75,6 +80,58 @@ def cpu_bench(args):
     return 0
 
 
+def probs_bench(args):
+    import torch
+    import models
+    from dataset_io import DatasetError, get_split, load_forecast_dataset
+    from inference import HFGenerator, plan_batches, resolve_style
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows = get_split(load_forecast_dataset(args.dataset), args.split, args.dataset)
+    except DatasetError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    rows = rows.select(range(min(args.n, len(rows)))).to_list()
+    device_map = "auto" if torch.cuda.is_available() else None
+    model, tokenizer, spec = models.load_model(args.base_model, dtype=args.dtype, device_map=device_map)
+    if args.adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, args.adapter)
+    style = resolve_style(args.adapter, spec.prompt_style)
+    modes = {"plain": dict(p_up=False), "p_up": dict(p_up=True)}
+    if args.bin_probs:
+        modes["p_up + p_bins"] = dict(bin_probs=True)
+    gens = {m: HFGenerator(model, tokenizer, style, args.max_new_tokens, **kw) for m, kw in modes.items()}
+    batches = plan_batches(rows, args.batch_size, gens["plain"].token_lengths(rows))
+    gens["p_up"].generate(rows[:1])                              # warm-up, not timed
+    # wall time, and on CPU also process CPU time: on a shared machine the wall time mostly measures the
+    # neighbours, the CPU time of a 1-thread run (--threads 1) measures this work
+    best, best_cpu, outputs = {m: float("inf") for m in modes}, {m: float("inf") for m in modes}, {}
+    for round_ in range(args.repeats):
+        for m, gen in gens.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0, c0 = time.time(), time.process_time()
+            outputs[m] = {r["id"]: res for batch in batches for r, res in zip(batch, gen.generate(batch))}
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall, cpu = time.time() - t0, time.process_time() - c0
+            best[m], best_cpu[m] = min(best[m], wall), min(best_cpu[m], cpu)
+            print(f"  round {round_ + 1}: {m:14s} {wall:7.1f} s wall  {cpu:7.1f} s CPU", flush=True)
+    found = sum(res.extra.get("p_up") is not None for res in outputs["p_up"].values())
+    tokens = sum(res[1] for res in outputs["plain"].values())
+    print(f"{args.base_model}{' + ' + args.adapter if args.adapter else ''} {args.dtype}, {len(rows)} prompts, "
+          f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens} ({tokens} tokens generated), "
+          f"torch threads {torch.get_num_threads()}, fastest of {args.repeats} rounds")
+    for m in modes:
+        same = sum(outputs[m][i][0] == outputs["plain"][i][0] for i in outputs["plain"])
+        print(f"  {m:14s}: {best[m]:7.1f} s wall (ratio {best[m] / best['plain']:.3f}x)  {best_cpu[m]:7.1f} s CPU "
+              f"(ratio {best_cpu[m] / best_cpu['plain']:.3f}x)  texts identical to plain {same}/{len(rows)}")
+    print(f"answers with a Prediction direction word (p_up found): {found}/{len(rows)}")
+    return 0
+
+
 def gpu_bench(args):
     import torch
     import models
@@ -132,6 +189,11 @@ def main(argv=None):
     ap.add_argument("--dtype", default=DTYPE, choices=("fp32", "bf16"), help="CPU mode: dtype")
     ap.add_argument("--threads", type=int, default=THREADS, help="CPU mode: torch threads (0 = default)")
     ap.add_argument("--model", default=GPU_MODEL, help="GPU mode: registry entry whose architecture is built")
+    ap.add_argument("--p_up", action="store_true", help="time generation with / without the p_up LogitsProcessor")
+    ap.add_argument("--bin_probs", action="store_true", help="with --p_up: also time p_up + p_bins")
+    ap.add_argument("--base_model", default="smollm2-135m", help="--p_up mode: model (registry name, hub id, folder)")
+    ap.add_argument("--adapter", default=None, help="--p_up mode: LoRA adapter (answers in the trained format)")
+    ap.add_argument("--repeats", type=int, default=2, help="--p_up mode: timed rounds per mode (fastest counts)")
     ap.add_argument("--prompt_tokens", type=int, default=PROMPT_TOKENS, help="GPU mode: tokens per prompt")
     ap.add_argument("--new_tokens", type=int, default=NEW_TOKENS, help="GPU mode: tokens generated per prompt")
     ap.add_argument("--single_n", type=int, default=SINGLE_N, help="GPU mode: one-at-a-time prompts timed")
@@ -141,6 +203,8 @@ def main(argv=None):
     if args.n < 1 or args.batch_size < 1 or args.single_n < 1:
         print("Error: --n, --batch_size and --single_n must be at least 1", file=sys.stderr)
         return 1
+    if args.p_up or args.bin_probs:
+        return probs_bench(args)
     return gpu_bench(args) if args.gpu else cpu_bench(args)
 
 

@@ -46,8 +46,9 @@ def test_hitl_corrections_are_upsampled_into_the_training_split(export_and_sft):
 def test_dpo_stage_changes_the_sft_adapter_and_keeps_its_style_and_base(export_and_sft):
     root, data, sft, _ = export_and_sft
     out = root / "dpo-adapter"
+    # with gradient checkpointing (non-reentrant): the LoRA layers must still get gradients
     result = train_lora.main(["--dpo", str(root / "export"), "--adapter", str(sft), "--output_dir", str(out),
-                              "--max_steps", "2", "--dataset", str(data)] + TINY)
+                              "--max_steps", "2", "--dataset", str(data), "--gradient_checkpointing"] + TINY)
     assert result["pairs"] >= 1 and result["global_step"] == 2
     before = load_file(str(sft / "adapter_model.safetensors"))
     after = load_file(str(out / "adapter_model.safetensors"))
@@ -57,6 +58,18 @@ def test_dpo_stage_changes_the_sft_adapter_and_keeps_its_style_and_base(export_a
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "smollm2-135m"
     assert json.loads((out / "prompt_style.json").read_text())["name"] == "chatml"
+
+
+def test_dpo_stage_uses_the_deepspeed_config_and_non_reentrant_checkpointing_like_the_sft_stage(tmp_path):
+    import deepspeed  # noqa: F401  (make setup installs requirements-gpu.txt: a missing engine fails, never skips)
+    import dpo_stage
+    args = train_lora.parse_args(["--dpo", "pairs", "--adapter", "sft", "--output_dir", str(tmp_path),
+                                  "--ds_config", "config.json", "--gradient_checkpointing", "--report_to", "none"])
+    config = dpo_stage.dpo_config(args, "fp32")
+    assert config.deepspeed == "config.json" and config.hf_deepspeed_config.config["zero_optimization"]["stage"] == 2
+    assert config.gradient_checkpointing and config.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    sft = train_lora.training_arguments(args, "fp32")
+    assert sft.gradient_checkpointing_kwargs == config.gradient_checkpointing_kwargs and sft.deepspeed == config.deepspeed
 
 
 def test_dpo_without_an_adapter_or_with_an_empty_export_is_one_error(tmp_path, capsys):

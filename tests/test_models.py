@@ -72,13 +72,23 @@ def test_local_model_folder_gets_its_style_from_its_chat_template(tmp_path):
     assert spec.prompt_style == "chatml" and not spec.is_embedded
 
 
-def test_quantized_loading_without_cuda_fails_with_a_clear_error():
+def test_4bit_loading_on_a_cpu_gives_real_nf4_layers_computing_in_bf16_instead_of_fp16(embedded_model_dir,
+                                                                                        monkeypatch):
+    import bitsandbytes as bnb
     import torch
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.raises(models.ModelError, match="CUDA"):
-        models.load_model("smollm2-135m", load_in_4bit=True)
-    with pytest.raises(models.ModelError, match="CUDA"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, _, _ = models.load_model("smollm2-135m", dtype="fp16", load_in_4bit=True)   # the T4 preset's dtype
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 7 * 30 and all(m.weight.device.type == "cpu" for m in layers)
+    assert model.config.quantization_config.bnb_4bit_quant_type == "nf4"
+    assert model.config.quantization_config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_quantized_loading_without_bitsandbytes_fails_with_a_clear_error(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(models.ModelError, match="requirements-gpu.txt"):
         models.quantization_config(load_in_8bit=True)
 
 

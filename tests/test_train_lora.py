@@ -1,5 +1,6 @@
 """train_lora.py: supervision by position, the audit, a real tiny LoRA run, resume, presets, DeepSpeed."""
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -157,7 +158,7 @@ def test_deepspeed_config_uses_auto_values_for_what_trainer_fills():
 
 
 def test_deepspeed_config_is_accepted_by_training_arguments(tmp_path):
-    pytest.importorskip("deepspeed", reason="deepspeed is a GPU extra (requirements-gpu.txt)")
+    import deepspeed  # noqa: F401  (make setup installs requirements-gpu.txt: a missing engine fails, never skips)
     from transformers import TrainingArguments
     args = TrainingArguments(output_dir=str(tmp_path), deepspeed=str(ROOT / "config.json"))
     assert args.hf_deepspeed_config.config["zero_optimization"]["stage"] == 2
@@ -166,8 +167,61 @@ def test_deepspeed_config_is_accepted_by_training_arguments(tmp_path):
 def test_train_sh_is_valid_bash_and_names_the_three_models():
     subprocess.run(["bash", "-n", str(ROOT / "train.sh")], check=True)
     text = (ROOT / "train.sh").read_text()
-    for name in ("llama3.1-8b", "deepseek-r1-distill-llama-8b", "qwen2.5-7b-instruct", "--include", "config.json"):
+    for name in ("llama3.1-8b", "deepseek-r1-distill-llama-8b", "qwen2.5-7b-instruct", "--num_gpus", "config.json"):
         assert name in text
+
+
+def test_train_sh_names_an_unknown_block_in_one_error_line():
+    proc = subprocess.run(["bash", str(ROOT / "train.sh"), "llama4"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: unknown choice 'llama4'")
+    env = {k: v for k, v in os.environ.items() if k not in ("ADAPTER", "PAIRS")}
+    proc = subprocess.run(["bash", str(ROOT / "train.sh"), "dpo"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: the dpo block needs ADAPTER=")
+
+
+def test_login_instructions_name_the_current_hub_cli():
+    # huggingface_hub 1.x/2.x ships `hf`; `huggingface-cli` is gone
+    for name in ("README.md", "train.sh", "models.py"):
+        text = (ROOT / name).read_text()
+        assert "huggingface-cli" not in text and "hf auth login" in text, name
+    assert "hf auth login" in models.GATED_HINT
+
+
+def test_the_deepspeed_launchers_local_rank_flag_is_accepted_and_ignored(tiny_forecast_dataset, capsys,
+                                                                       embedded_model_dir, monkeypatch):
+    # deepspeed appends --local_rank=N to every rank's arguments; LOCAL_RANK in the environment rules
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    args = train_lora.parse_args(["--local_rank=1", "--dpo", "pairs", "--adapter", "sft"])
+    assert not hasattr(args, "local_rank") and args.dpo == "pairs"
+    resolved = train_lora.main(["--dataset", str(tiny_forecast_dataset), "--dry_run", "--local_rank=0",
+                                "--max_length", "2048"])
+    assert "local_rank" not in resolved["args"] and "dry run: nothing trained" in capsys.readouterr().out
+
+
+def test_fsdp_on_a_machine_without_cuda_is_one_clear_error_not_a_quiet_ddp_run(tiny_forecast_dataset, capsys,
+                                                                                 monkeypatch):
+    import torch
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")            # what `accelerate launch --use_fsdp` sets
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_lora.main(["--dataset", str(tiny_forecast_dataset), "--max_steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1
+    assert err[0].startswith("Error: FSDP") and "needs CUDA GPUs" in err[0]
+
+
+def test_4bit_and_8bit_are_allowed_on_a_cpu_when_bitsandbytes_is_installed(tiny_forecast_dataset, monkeypatch):
+    import importlib.util
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for flag in ("--load_in_4bit", "--load_in_8bit"):
+        args = train_lora.parse_args(["--dataset", str(tiny_forecast_dataset), flag])
+        problems = train_lora.validate_args(args)
+        if importlib.util.find_spec("bitsandbytes") is None:
+            assert any("bitsandbytes" in p for p in problems)
+        else:
+            assert problems == []
+            assert models.quantization_config(flag == "--load_in_8bit", flag == "--load_in_4bit") is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +333,54 @@ def test_resume_after_an_interrupted_run_reaches_the_same_step_without_repeating
     resumed = {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
     for step in (3, 4):                         # same data order and RNG: the same losses
         assert resumed[step] == pytest.approx(first[step], rel=1e-4)
+
+
+def test_only_rank_0_writes_the_adapter_run_files_and_the_merged_model(short_forecast_dataset, embedded_model_dir,
+                                                                      tmp_path, monkeypatch):
+    """Every rank runs the save path with the same output paths, so a test that only sees the files cannot
+    fail: run it in-process as rank 1 (nothing may appear, no base model may load), then as rank 0."""
+    out = tmp_path / "adapter"
+    args = train_lora.parse_args(["--dataset", str(short_forecast_dataset), "--output_dir", str(out),
+                                  "--max_length", "512", "--max_steps", "1", "--gradient_accumulation_steps", "1",
+                                  "--evaluation_strategy", "no", "--save_steps", "100", "--dtype", "fp32",
+                                  "--report_to", "none", "--merge"])
+    spec = models.resolve_model(args.base_model)
+    style = get_style(spec.prompt_style)
+    train_rows, val_rows, _ = train_lora.prepare_data(args)
+    tokenizer = models.load_tokenizer(spec)
+    train_feats, val_feats, audit = train_lora.build_supervision(args, tokenizer, style, train_rows, val_rows,
+                                                                 spec.name)
+    model, tokenizer, spec = train_lora.build_model(args, spec)
+    trainer, generator = train_lora.build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_rows,
+                                                  "fp32")
+    result = trainer.train()
+    trainers_own = {p.relative_to(out) for p in out.rglob("*")} if out.exists() else set()
+
+    def save_all():
+        train_lora.save_audit(args, audit)
+        train_lora.save_outputs(args, trainer, tokenizer, style, spec, {"args": vars(args)}, result, 1.0, generator)
+        return train_lora.merge_adapter(args, out)
+
+    def no_second_model(*a, **kw):
+        raise AssertionError("rank 1 loaded the base model for --merge")
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(models, "load_model", no_second_model)
+    assert save_all() is None
+    assert ({p.relative_to(out) for p in out.rglob("*")} if out.exists() else set()) == trainers_own
+
+    monkeypatch.undo()                          # the real load_model for rank 0
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    merged = save_all()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "audit.json", "args.json", "timing.json",
+                 "prompt_style.json", "environment.json", "trainer_state.json", "merged/config.json",
+                 "merged/model.safetensors", "merged/prompt_style.json"):
+        assert (out / name).is_file(), name
+    assert merged == out / "merged"
+    engine = json.loads((out / "timing.json").read_text())["engine"]
+    assert engine["world_size"] == 1 and not engine["is_deepspeed_enabled"] and engine["quantization"] is None
 
 
 def test_eval_examples_takes_an_evenly_spaced_validation_subset(tiny_forecast_dataset):
