@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dataset_io import DatasetError, load_forecast_dataset
 from hitl_export import INCLUDE_HINDSIGHT_EDITS, MIN_MEAN_RATING_FOR_SFT, export, export_problems, format_report
-from models import resolve_model
-from prompt import PROMPT_STYLES, PromptStyle, get_style, parse_answer, split_public_prompt
+from prompt import parse_answer, split_public_prompt
 from review_store import RATING_SCALE, REVIEW_FIELDS, SLOTS, HitlError, ReviewStore
+from runs import MANIFEST, RunError, run_dir_problem, run_style, load_run as read_run_dir
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -58,54 +58,26 @@ def parsed_summary(text):
 # ---------------------------------------------------------------------------------------------
 # Loading run dirs (serve only)
 # ---------------------------------------------------------------------------------------------
-def run_style(manifest):
-    """The prompt style a run generated with: the adapter's saved style, else run.json's style name,
-    else the model registry's choice for the run's model."""
-    adapter = manifest.get("adapter")
-    if adapter and (Path(adapter) / "prompt_style.json").exists():
-        return PromptStyle.load(adapter)
-    if manifest.get("prompt_style") in PROMPT_STYLES:
-        return get_style(manifest["prompt_style"])
-    if manifest.get("backend") == "file":     # imported outputs: the model name is only a label
-        raise HitlError(f"imported run ({(manifest.get('source') or {}).get('file')}): its prompt style is unknown "
-                        "(no chat markers in the file's prompts); import it again with --prompt_style NAME "
-                        "--overwrite")
-    if manifest.get("model"):
-        return get_style(resolve_model(manifest["model"]).prompt_style)
-    raise HitlError("run.json names no prompt_style and no model; cannot tell how prompts were formatted")
-
-
-def run_dir_problem(run_dir):
-    """Why `run_dir` is not a run dir written by inference.py, or None (looks at file names only)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return f"{run_dir}: no such folder (pass a run dir written by inference.py --out)"
-    missing = [name for name in ("run.json", "predictions.jsonl") if not (run_dir / name).is_file()]
-    if missing:
-        return f"{run_dir}: missing {', '.join(missing)}; pass a run dir written by inference.py"
-    return None
-
-
 def load_run(run_dir):
-    run_dir = Path(run_dir)
-    manifest_path, predictions_path = run_dir / "run.json", run_dir / "predictions.jsonl"
-    problem = run_dir_problem(run_dir)
-    if problem:
-        raise HitlError(problem)
-    manifest = json.loads(manifest_path.read_text())
-    from inference import read_predictions
-    predictions, torn = read_predictions(predictions_path)
-    if torn:
-        print(f"note: {predictions_path}: skipped {torn} unreadable line(s) (a run killed mid-write); "
+    """A run dir (read by runs.py, the format's owner) with what the review page needs: prompt style,
+    dataset path and a digest of its predictions."""
+    try:
+        run = read_run_dir(run_dir)
+        style = run_style(run["manifest"])
+    except RunError as exc:
+        raise HitlError(str(exc)) from None
+    run_dir, manifest, predictions_path = Path(run_dir), run["manifest"], run["predictions_path"]
+    if run["skipped_lines"]:
+        print(f"note: {predictions_path}: skipped {run['skipped_lines']} unreadable line(s) (a run killed mid-write); "
               "resume it with the same inference.py command to complete it")
     dataset = manifest.get("dataset") or {}
     if not dataset.get("path"):
-        raise HitlError(f"{manifest_path}: no dataset.path; cannot show the prompts")
+        raise HitlError(f"{run_dir / MANIFEST}: no dataset.path; cannot show the prompts")
     data_path = Path(dataset["path"])
     if not data_path.is_absolute() and not data_path.exists() and (run_dir / data_path).exists():
         data_path = run_dir / data_path       # a path written relative to the run dir
     return {"run_dir": str(run_dir.resolve()), "name": run_dir.name, "manifest": manifest,
-            "style": run_style(manifest), "predictions": predictions, "data_path": str(data_path),
+            "style": style, "predictions": run["rows"], "data_path": str(data_path),
             "predictions_sha": hashlib.sha256(predictions_path.read_bytes()).hexdigest()[:16]}
 
 

@@ -11,7 +11,8 @@ A run dir holds predictions.jsonl (one line per example: id, symbol, period, lab
 latency_s, output_tokens, hit_max_new_tokens; hf also p_up [, p_bins with --bin_probs, samples with
 --samples N]; appended batch by batch, so a killed run resumes where it
 stopped) and run.json (model, adapter, prompt style, decoding, backend, batch size, dtype, hardware,
-versions, dataset path/split/fingerprint, wall time, tokens/s). comparison.py scores run dirs.
+versions, dataset path/split/fingerprint, wall time, tokens/s). runs.py owns that format (writer, reader,
+resume rules, prompt style); comparison.py scores run dirs.
 
 Backends: `hf` batches prompts of similar length (sorted by token count) with left padding; greedy by
 default, so the text equals one-at-a-time greedy in fp32. `vllm` (GPU, separate environment, see
@@ -27,7 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prompt import PROMPT_STYLES, PromptStyle, get_style, parse_answer, split_public_prompt
+import runs
+from prompt import PROMPT_STYLES, parse_answer, split_public_prompt
+from runs import read_predictions   # main reads its run back for --wandb_project
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -93,50 +96,6 @@ def last_whole_weeks(periods, symbols, n):
 def chat_parts(row):
     """(system, user) of a dataset prompt, for re-templating in any prompt style."""
     return split_public_prompt(row["prompt"])
-
-
-def read_predictions(path):
-    """Rows of a run dir's predictions.jsonl by id (the one reader of the format: comparison.py and hitl.py
-    use it too): first occurrence wins; a torn last line (killed run) is skipped.
-    Returns (rows_by_id, skipped_line_count)."""
-    rows, skipped = {}, 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            rows.setdefault(row["id"], row)
-    return rows, skipped
-
-
-def read_done(pred_path):
-    """Ids already in predictions.jsonl. A torn last line (the run was killed mid-write) is cut off so
-    the next append starts on a clean line."""
-    if not pred_path.exists():
-        return set()
-    data = pred_path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(pred_path, "r+b") as fh:
-            fh.truncate(data.rfind(b"\n") + 1)
-    return set(read_predictions(pred_path)[0])
-
-
-def resume_conflicts(old, new):
-    """Settings that differ between an existing run.json and this invocation (resuming needs none)."""
-    keys = [("model",), ("adapter",), ("prompt_style",), ("backend",), ("dtype",), ("decoding",),
-            ("dataset", "split"), ("dataset", "fingerprint")]
-    out = []
-    for key in keys:
-        a, b = old, new
-        for k in key:
-            a, b = (a or {}).get(k), (b or {}).get(k)
-        if a != b:
-            out.append(f"{'.'.join(key)} {a!r} vs {b!r}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,23 +312,6 @@ def vllm_max_model_len(tokenizer, style, rows, max_new_tokens, model_limit=None)
 # ---------------------------------------------------------------------------------------------
 # Model + style resolution
 # ---------------------------------------------------------------------------------------------
-def adapter_base_model(adapter):
-    """The base model an adapter records (registry name or hub id), or None."""
-    try:
-        return json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
-
-
-def resolve_style(adapter, spec_style, override=None):
-    """Prompt style: --prompt_style, else the adapter's saved prompt_style.json, else the model's."""
-    if override:
-        return get_style(override)
-    if adapter and (Path(adapter) / "prompt_style.json").exists():
-        return PromptStyle.load(adapter)
-    return get_style(spec_style)
-
-
 def load_hf(args):
     """(model, tokenizer, style, dtype name, model name) for the hf backend."""
     import models
@@ -382,7 +324,7 @@ def load_hf(args):
     if args.adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, args.adapter)
-    style = resolve_style(args.adapter, spec.prompt_style, args.prompt_style)
+    style = runs.style_for(args.adapter, spec.prompt_style, override=args.prompt_style)
     dtype = args.dtype or models.default_dtype()
     return model, tokenizer, style, dtype, spec.name
 
@@ -414,28 +356,18 @@ def plan_batches(rows, batch_size, lengths=None):
 
 
 def run_dataset(generator, rows, out, manifest, batch_size, overwrite=False, lengths_fn=None, progress=True):
-    """Generate for every row not yet in out/predictions.jsonl; write run.json. Returns a summary dict."""
+    """Generate for every row not yet in out/predictions.jsonl; write run.json (runs.RunWriter owns the format).
+    Returns a summary dict."""
     from tqdm import tqdm
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pred_path, manifest_path = out / "predictions.jsonl", out / "run.json"
-    if overwrite:
-        pred_path.unlink(missing_ok=True)
-    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() and pred_path.exists() else None
-    if previous:
-        conflicts = resume_conflicts(previous, manifest)
-        if conflicts:
-            raise InferenceError(f"{out} holds a run made with other settings ({'; '.join(conflicts)}); "
-                                 "pass another --out, or --overwrite to start it again")
-    done = read_done(pred_path)
-    todo = [r for r in rows if r["id"] not in done]
-    prior_wall = (previous or {}).get("wall_time_s") or 0.0
-    manifest = dict(manifest, n=len(rows), status="running")
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    try:
+        writer = runs.RunWriter(out, manifest, len(rows), overwrite)
+    except runs.RunError as exc:
+        raise InferenceError(str(exc)) from None
     t0, failed = time.time(), []
+    todo = [r for r in rows if r["id"] not in writer.done]
     batches = plan_batches(todo, batch_size, lengths_fn(todo) if lengths_fn and todo else None)
     bar = tqdm(total=len(todo), unit="ex", desc="generating", disable=not progress)
-    with open(pred_path, "a", encoding="utf-8") as fh:
+    with writer:
         for batch in batches:
             tb = time.time()
             results = generator.generate(batch)
@@ -445,25 +377,12 @@ def run_dataset(generator, rows, out, manifest, batch_size, overwrite=False, len
                     failed.append(f"{row['id']}: {type(res).__name__}: {str(res)[:200]}")
                     continue
                 text, tokens, hit_max, *given = res      # an imported output brings its own latency (or None)
-                row_latency = given[0] if given else round(latency, 4)
-                fh.write(json.dumps({"id": row["id"], "symbol": row["symbol"], "period": row["period"],
-                                     "label": row["label"], "reference": row["answer"], "output": text,
-                                     "latency_s": row_latency, "output_tokens": tokens,
-                                     "hit_max_new_tokens": bool(hit_max), **getattr(res, "extra", {})},
-                                    ensure_ascii=False) + "\n")
-            fh.flush()
+                writer.write(row, text, tokens, hit_max, given[0] if given else round(latency, 4),
+                             getattr(res, "extra", {}))
+            writer.flush()
             bar.update(len(batch))
     bar.close()
-    written = [json.loads(line) for line in pred_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    tokens = sum(p["output_tokens"] or 0 for p in written)
-    gen_time = sum(p["latency_s"] or 0 for p in written)
-    manifest.update(status="complete" if len(written) >= len(rows) else "partial",
-                    completed=len(written), wall_time_s=round(prior_wall + time.time() - t0, 2),
-                    tokens_per_s=round(tokens / gen_time, 2) if gen_time and tokens else None)
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return {"written": len(written), "new": len(todo) - len(failed), "resumed": len(done), "failed": failed,
-            "hit_max": sum(p["hit_max_new_tokens"] for p in written), "tokens_per_s": manifest["tokens_per_s"],
-            "wall": time.time() - t0}
+    return dict(writer.summary, new=len(todo) - len(failed), failed=failed, wall=time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,7 +594,7 @@ def main(argv=None):
     if args.backend == "file":
         return import_outputs(args)
     if args.base_model is None:
-        args.base_model = (adapter_base_model(args.adapter) if args.adapter else None) or BASE_MODEL
+        args.base_model = (runs.adapter_base_model(args.adapter) if args.adapter else None) or BASE_MODEL
     t0 = time.time()
     try:
         if args.ticker:
@@ -691,7 +610,7 @@ def main(argv=None):
         elif args.backend == "vllm":
             import models
             spec = models.resolve_model(args.base_model)
-            style = resolve_style(args.adapter, spec.prompt_style, args.prompt_style)
+            style = runs.style_for(args.adapter, spec.prompt_style, override=args.prompt_style)
             try:
                 tokenizer = models.load_tokenizer(spec, args.cache_dir)
             except models.ModelError as exc:

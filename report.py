@@ -352,23 +352,23 @@ def training_section(doc, train_dirs):
 # ---------------------------------------------------------------------------------------------
 def load_metrics(comparison_dir, runs, out):
     """metrics.json of --comparison, or compare() over --runs written to OUT/comparison. Returns (metrics, dir)."""
-    import comparison
+    import scoring
     if comparison_dir:
         return read_json(Path(comparison_dir) / "metrics.json"), Path(comparison_dir)
     target = Path(out) / "comparison"
     try:
-        result = comparison.compare(runs)
-    except comparison.ComparisonError as exc:
+        result = scoring.compare(runs)
+    except scoring.ComparisonError as exc:
         raise ReportError(f"--runs: {exc}") from None
-    comparison.write_outputs(result, target)
+    scoring.write_outputs(result, target)
     return read_json(target / "metrics.json"), target
 
 
 def pick_examples(run_dirs):
     """(rule, [(kind, id)], runs): best/worst/typical answers of the first run, chosen by mean ROUGE-L."""
-    import comparison
+    import scoring
     from utils import score_pair
-    runs = [comparison.load_run(d) for d in run_dirs]
+    runs = [scoring.load_run(d) for d in run_dirs]
     ids = sorted(set.intersection(*(set(r["rows"]) for r in runs)))
     if not ids:
         return "The run dirs share no example ids: no examples to show.", [], runs
@@ -740,7 +740,7 @@ def parse_args(argv=None):
     ap.add_argument("--dataset", help="dataset folder from data_pipeline.py (build.json beside it is read too)")
     ap.add_argument("--train_dirs", nargs="+", default=[], metavar="DIR", help="adapter folders from train_lora.py")
     ap.add_argument("--runs", nargs="+", default=[], metavar="RUN_DIR", help="run dirs from inference.py; scored "
-                    "with comparison.compare() into OUT/comparison unless --comparison is given")
+                    "with scoring.compare() (comparison.py's core) into OUT/comparison unless --comparison is given")
     ap.add_argument("--comparison", metavar="DIR", help="a comparison.py --out folder (metrics.json and plots)")
     ap.add_argument("--reviews", metavar="DB", help="review SQLite file from hitl.py serve (read only)")
     ap.add_argument("--hitl_export", metavar="JSON", help="export.json of hitl.py export (default: one found "

@@ -84,7 +84,8 @@ def probs_bench(args):
     import torch
     import models
     from dataset_io import DatasetError, get_split, load_forecast_dataset
-    from inference import HFGenerator, plan_batches, resolve_style
+    from inference import HFGenerator, plan_batches
+    from runs import style_for
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -98,7 +99,7 @@ def probs_bench(args):
     if args.adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, args.adapter)
-    style = resolve_style(args.adapter, spec.prompt_style)
+    style = style_for(args.adapter, spec.prompt_style)
     modes = {"plain": dict(p_up=False), "p_up": dict(p_up=True)}
     if args.bin_probs:
         modes["p_up + p_bins"] = dict(bin_probs=True)

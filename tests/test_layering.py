@@ -1,0 +1,142 @@
+"""The project's layering (issue 15): scripts are leaves, no import cycles, every doctest runs, and
+`--help` of every script stays light (no torch).
+
+A script is a top-level .py file containing `__main__`; every other top-level .py file is a library
+module. bench/ and tests/ are outside these rules.
+"""
+import ast
+import doctest
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# (importer file, imported module) pairs that are allowed for now, each with its reason. A stale entry fails
+# test_allow_list_is_current, so this list only shrinks.
+ALLOWED_SCRIPT_IMPORTS = {
+    # none: every script is a leaf. An entry reads ("importer.py", "script"): "reason (issue N)".
+}
+
+
+def top_level_modules(root=ROOT):
+    return {p.stem: p for p in sorted(root.glob("*.py"))}
+
+
+def scripts(modules):
+    return {name for name, path in modules.items() if "__main__" in path.read_text(encoding="utf-8")}
+
+
+def project_imports(path, modules):
+    """[(imported top-level module, line)] for every import in `path`, top-level or inside a function."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top in modules and top != path.stem:
+                out.append((top, node.lineno))
+    return out
+
+
+def layering_problems(root=ROOT, allowed=()):
+    """'file:line: ...' for each import of a script from another top-level module (not in `allowed`) and
+    each import cycle among top-level modules."""
+    modules = top_level_modules(root)
+    script_names = scripts(modules)
+    problems, graph = [], {}
+    for name, path in modules.items():
+        graph[name] = {}
+        for target, line in project_imports(path, modules):
+            graph[name].setdefault(target, line)
+            if target in script_names and (path.name, target) not in allowed:
+                problems.append(f"{path.name}:{line}: imports the script {target}.py (move what it needs into a "
+                                "library module)")
+    seen_cycles = set()
+
+    def visit(node, stack):
+        for target in graph[node]:
+            if target in stack:
+                cycle = stack[stack.index(target):] + [target]
+                key = frozenset(cycle)
+                if key not in seen_cycles:
+                    seen_cycles.add(key)
+                    problems.append("import cycle: " + " -> ".join(
+                        f"{a}.py:{graph[a][b]}" for a, b in zip(cycle, cycle[1:])) + f" -> {target}.py")
+            elif target not in done:
+                visit(target, stack + [target])
+        done.add(node)
+
+    done = set()
+    for name in graph:
+        if name not in done:
+            visit(name, [name])
+    return problems
+
+
+def test_scripts_are_leaves_and_there_are_no_cycles():
+    assert layering_problems(allowed=ALLOWED_SCRIPT_IMPORTS) == []
+
+
+def test_allow_list_is_current():
+    modules = top_level_modules()
+    script_names = scripts(modules)
+    for importer, target in ALLOWED_SCRIPT_IMPORTS:
+        assert target in script_names, f"{target}.py is no longer a script: drop its allow-list entry"
+        assert target in {t for t, _ in project_imports(ROOT / importer, modules)}, \
+            f"{importer} no longer imports {target}: drop its allow-list entry"
+
+
+def test_the_checker_finds_a_script_import_and_a_cycle(tmp_path):
+    (tmp_path / "stage.py").write_text('import lib\nif __name__ == "__main__":\n    pass\n')
+    (tmp_path / "other.py").write_text('def f():\n    from stage import main\n')
+    (tmp_path / "lib.py").write_text("import helper\n")
+    (tmp_path / "helper.py").write_text("\n\nimport lib\n")
+    problems = layering_problems(tmp_path)
+    assert "other.py:2: imports the script stage.py (move what it needs into a library module)" in problems
+    assert any(p.startswith("import cycle:") and "helper.py:3" in p and "lib.py:1" in p for p in problems)
+    assert len(problems) == 2
+    assert layering_problems(tmp_path, allowed={("other.py", "stage")}) == [problems[1]]
+
+
+@pytest.mark.parametrize("name", sorted(top_level_modules()))
+def test_doctests_pass(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{name}.py: {result.failed} of {result.attempted} doctest(s) failed"
+
+
+HELP_PROBE = """
+import runpy, sys
+sys.argv = [{script!r}, "--help"]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in ("torch", "transformers", "datasets", "vllm", "deepspeed", "bitsandbytes") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("script", sorted(s + ".py" for s in scripts(top_level_modules())))
+def test_help_does_not_import_torch(script):
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE.format(script=script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage:" in proc.stdout
+    heavy = proc.stdout.strip().splitlines()[-1]
+    assert heavy.startswith("HEAVY=")
+    assert "torch" not in heavy.removeprefix("HEAVY=").split(","), f"{script} --help imports {heavy}"
