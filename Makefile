@@ -85,7 +85,7 @@ test: setup browser
 # Per module: MUTATE_<module> = the functions mutated (mutmut names: x_<function>, xǁ<Class>ǁ<method>),
 # MUTATE_TESTS_<module> = the fast tests run against them (mutmut runs only those that call the function).
 # ---------------------------------------------------------------------------------------------
-MUTATE_MODULES ?= prompt utils supervision review_store hitl records inference
+MUTATE_MODULES ?= prompt utils supervision review_store hitl records runs inference
 MUTATE_DIR     := .mutate
 mutate_fns = $(foreach f,$(2),$(1).x_$(f)__mutmut_*)
 
@@ -109,7 +109,7 @@ MUTATE_TESTS_supervision := tests/test_promise_edges.py $(addprefix tests/test_t
 	audit_counts_trimmed_cut_and_dropped_examples answer_longer_than_the_room_left_is_cut_and_counted)
 
 MUTATE_review_store := review_store.xǁReviewStoreǁapply__mutmut_*
-MUTATE_TESTS_review_store := tests/test_review_store.py tests/test_hitl.py \
+MUTATE_TESTS_review_store := tests/test_review_store.py tests/test_hitl.py tests/test_promise_edges.py \
 	tests/test_promises.py::test_rating_commenting_and_editing_never_reveal_the_outcome_only_the_reveal_does
 
 MUTATE_hitl := $(call mutate_fns,hitl,create_app parsed_summary)
@@ -122,7 +122,11 @@ MUTATE_TESTS_records := tests/test_data_pipeline.py tests/test_promise_edges.py 
 	tests/test_promises.py::test_with_midweek_cutoffs_no_label_uses_prices_past_the_next_splits_start \
 	tests/test_promises.py::test_the_weeks_straddling_each_cutoff_are_embargoed_and_counted
 
-MUTATE_inference := $(call mutate_fns,inference,read_predictions read_done resume_conflicts run_dataset)
+MUTATE_runs := $(call mutate_fns,runs,read_predictions read_done resume_conflicts) \
+	runs.xǁRunWriterǁ__init____mutmut_* runs.xǁRunWriterǁwrite__mutmut_*
+MUTATE_TESTS_runs = tests/test_runs.py $(MUTATE_TESTS_inference)
+
+MUTATE_inference := $(call mutate_fns,inference,run_dataset)
 MUTATE_TESTS_inference := tests/test_promise_edges.py $(addprefix tests/test_inference.py::test_,\
 	failed_requests_are_not_written_and_a_rerun_fills_them killed_run_resumes_without_duplicate_ids \
 	resuming_with_other_settings_is_refused openai_backend_scores_a_server_like_any_other_run \

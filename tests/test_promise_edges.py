@@ -111,8 +111,9 @@ def test_an_answer_that_is_only_the_analysis_section_still_yields_that_section()
     assert p.problems == ["missing positive section", "missing concerns section"]
 
 
-def test_a_public_prompt_splits_back_into_its_exact_system_and_user_parts():
-    system, user = "Answer in format X ", "X marks the news."
+@pytest.mark.parametrize("system", ["Answer in format X", "Be brief. "])
+def test_a_public_prompt_splits_back_into_its_exact_system_and_user_parts(system):
+    user = "X marks the news."
     assert P.split_public_prompt(P.wrap_public_prompt(system, user)) == (system, user)
 
 
@@ -404,3 +405,72 @@ def test_a_refused_request_says_why_in_error_and_detail(review_client):
     body = invalid.json()
     assert invalid.status_code == 422 and body["error"].startswith("rating_A: ")
     assert [d["loc"] for d in body["detail"]] == [["body", "rating_A"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# review_store.py: the reveal is logged like every other change
+# ---------------------------------------------------------------------------------------------
+def test_the_reveal_is_logged_once_in_the_history_as_revealed_true(review_client):
+    client, ids = review_client
+    for _ in range(2):                                              # a second reveal changes nothing
+        assert client.post("/api/reveal", json={"example_id": ids[0], "reviewer": "ann"}).status_code == 200
+    history = client.get("/api/history", params={"id": ids[0], "reviewer": "ann"}).json()["history"]
+    assert [(h["field"], h["value"], h["after_reveal"]) for h in history] == [("revealed", "true", 1)]
+
+
+def test_either_direction_mark_needs_the_reveal_first(review_client):
+    client, ids = review_client
+    for field in ("direction_A", "direction_B"):
+        refused = client.post("/api/review", json={"example_id": ids[0], "reviewer": "ann", field: "wrong"})
+        assert refused.status_code == 422 and refused.json()["error"].startswith("reveal the outcome"), field
+
+
+def test_a_change_saved_with_the_reveal_counts_as_after_it_and_each_save_returns_its_own_review(tmp_path):
+    from review_store import ReviewStore
+    from test_hitl import make_two_runs
+    import hitl
+    run_a, run_b, ids = make_two_runs(tmp_path)
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    store.register(*hitl.load_review_set([run_a, run_b]))
+    first, second = sorted(ids[:2])
+    store.apply(second, "bob", {"rating_A": 2})          # another reviewer of the same example, sorting first
+    store.apply(first, "zoe", {"rating_A": 3})           # this reviewer's review of an example sorting first
+    review = store.apply(second, "zoe", {"direction_A": "right", "edit_A": "Prediction: Up"}, reveal=True)
+    assert (review["example_id"], review["reviewer"], review["direction_A"]) == (second, "zoe", "right")
+    assert review["revealed_at"] and review["edit_A_after_reveal"] == 1
+    assert [(h["field"], h["after_reveal"]) for h in store.history(second, "zoe")] == [
+        ("revealed", 1), ("direction_A", 1), ("edit_A", 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# records.py: split cutoffs on Sundays, default cutoffs, reporting lags
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("start, end, split", [
+    ("2024-02-25", "2024-03-03", "train"),          # ends on --val_start: its label uses no later price
+    ("2024-03-03", "2024-03-10", "validation"),     # starts on --val_start
+    ("2024-03-10", "2024-03-17", "validation"),     # ends on --test_start
+    ("2024-03-17", "2024-03-24", "test"),           # starts on --test_start
+])
+def test_weeks_touching_a_sunday_cutoff_stay_in_their_split(start, end, split):
+    import records
+    assert records.assign_split(start, end, "2024-03-03", "2024-03-17") == split
+
+
+def test_default_cutoffs_leave_15_percent_of_weeks_each_to_validation_and_test():
+    import pandas as pd
+    import records
+    weeks = [d.strftime("%Y-%m-%d") for d in pd.date_range("2024-01-07", periods=20, freq="W-SUN")]
+    assert records.default_cutoffs(weeks + weeks[:5]) == (weeks[14], weeks[17])     # duplicates count once
+    assert records.default_cutoffs(weeks[:3]) == (weeks[1], weeks[2])               # the fewest: one week each
+    with pytest.raises(records.RecordError, match=r"^only 2 prediction week\(s\): need at least 3 for "
+                                                  r"train/validation/test; widen --start/--end$"):
+        records.default_cutoffs(weeks[:2])
+
+
+@pytest.mark.parametrize("quarter, available", [(1, "2023-05-15"), (2, "2023-05-15"), (3, "2023-05-15"),
+                                                (4, "2023-06-29"), (None, "2023-06-29")])
+def test_quarters_wait_45_days_and_fiscal_q4_or_unknown_quarters_90(quarter, available):
+    import records
+    assert records.financials_available({"period": "2023-03-31", "fiscal_quarter": quarter}) == available
+    assert records.financials_available({"period": "2023-03-31", "fiscal_quarter": quarter,
+                                         "filed": "2023-04-20"}) == "2023-04-20"
