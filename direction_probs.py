@@ -17,6 +17,9 @@ emitted word's case and leading space) are scored from the generation's own KV c
 batched forward of 12 short continuations per answer, not 12 passes over the prompt. p_bins is their
 probability renormalised over the 12 labels.
 
+The vllm and openai backends of inference.py get p_up from the same step, located in the generated tokens'
+texts (direction_index), with the same formula over the top-k logprobs they return (p_up_from_top_logprobs).
+
 Sampling (temperature > 0) is done here too, by RowSampler: every sequence has its own torch.Generator
 seeded from (seed, example id, sample index), so a text does not depend on the batch it was generated in,
 nor on whether the run was resumed. generate() then runs greedy over the sampled token (the probe leaves
@@ -78,20 +81,73 @@ def direction_char(text):
     return pos + m.start() if m else None
 
 
-def direction_step(tokenizer, ids, text):
-    """Index into `ids` (the generated tokens) of the token that starts the Prediction line's direction
-    word, where `text` = tokenizer.decode(ids) (possibly cut at a stop string); None without one."""
-    char = direction_char(text)
+def _token_at(char, n, prefix_len):
+    """The smallest k < n with prefix_len(k + 1) > char (the token holding character `char`), else None."""
     if char is None:
         return None
-    lo, hi = 0, len(ids)            # smallest k with len(decode(ids[:k + 1])) > char
+    lo, hi = 0, n
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(tokenizer.decode(ids[:mid + 1], skip_special_tokens=True)) > char:
+        if prefix_len(mid + 1) > char:
             hi = mid
         else:
             lo = mid + 1
-    return lo if lo < len(ids) else None
+    return lo if lo < n else None
+
+
+def direction_step(tokenizer, ids, text):
+    """Index into `ids` (the generated tokens) of the token that starts the Prediction line's direction
+    word, where `text` = tokenizer.decode(ids) (possibly cut at a stop string); None without one."""
+    return _token_at(direction_char(text), len(ids),
+                     lambda k: len(tokenizer.decode(ids[:k], skip_special_tokens=True)))
+
+
+def direction_index(pieces):
+    """The same step from the generated tokens' texts (vLLM's decoded_token, an OpenAI server's
+    logprobs.content[i].token), located in their concatenation; None without one.
+
+    >>> direction_index(["Prediction", ":", " Down", " by", " 2", "-3%"]), direction_index(["No", " call"])
+    (2, None)
+    """
+    ends, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        ends.append(total)
+    return _token_at(direction_char("".join(pieces)), len(pieces), lambda k: ends[k - 1] if k else 0)
+
+
+def word_direction(piece):
+    """'up' / 'down' when a token's text is one of the up/down variants the hf probe watches (the word, with
+    or without one leading space), else None.
+
+    >>> word_direction(" Up"), word_direction("down"), word_direction(" Upward"), word_direction("  up")
+    ('up', 'down', None, None)
+    """
+    word = piece[1:] if piece.startswith(" ") else piece
+    return "up" if word in UP_WORDS else "down" if word in DOWN_WORDS else None
+
+
+def p_up_from_top_logprobs(emitted, candidates):
+    """p_up at the direction step from a top-k list: sum P(up variants) / (sum P(up) + sum P(down)) over
+    `candidates` [(token text, logprob)] (distinct tokens: vLLM's dict, an OpenAI server's top_logprobs);
+    None unless the emitted token's text is itself an up/down variant (as the hf probe requires) and some
+    variant is in the list.
+
+    >>> round(p_up_from_top_logprobs(" Up", [(" Up", math.log(.6)), ("Up", math.log(.1)),
+    ...                                      (" Down", math.log(.2)), (" Flat", math.log(.1))]), 12)
+    0.777777777778
+    >>> p_up_from_top_logprobs(" U", [(" U", -0.1), (" Up", -3.0)]) is None
+    True
+    """
+    if emitted is None or word_direction(emitted) is None:
+        return None
+    mass = {"up": 0.0, "down": 0.0}
+    for text, logprob in candidates:
+        side = word_direction(text) if text is not None and logprob is not None else None
+        if side:
+            mass[side] += math.exp(logprob)
+    total = mass["up"] + mass["down"]
+    return mass["up"] / total if total > 0 else None
 
 
 def vote(directions):

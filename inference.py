@@ -8,10 +8,11 @@
     python inference.py --backend file --outputs results.csv --dataset DIR --out runs/NAME  # import (run_import.py)
 
 A run dir holds predictions.jsonl (one line per example: id, symbol, period, label, reference, output,
-latency_s, output_tokens, hit_max_new_tokens; hf also p_up [, p_bins with --bin_probs, samples with
---samples N]; appended batch by batch, so a killed run resumes where it
-stopped) and run.json (model, adapter, prompt style, decoding, backend, batch size, dtype, hardware,
-versions, dataset path/split/fingerprint, wall time, tokens/s). runs.py owns that format (writer, reader,
+latency_s, output_tokens, hit_max_new_tokens; hf and vllm also p_up, openai with --logprobs where the
+server returns logprobs [, hf: p_bins with --bin_probs, samples with --samples N]; appended batch by
+batch, so a killed run resumes where it stopped) and run.json (model, adapter, prompt style, decoding,
+backend, batch size, dtype, hardware, versions, dataset path/split/fingerprint, wall time, tokens/s, and
+`probabilities`: how p_up was computed, or why it is absent). runs.py owns that format (writer, reader,
 resume rules, prompt style); comparison.py scores run dirs.
 
 Backends: `hf` batches prompts of similar length (sorted by token count) with left padding; greedy by
@@ -49,6 +50,9 @@ OPENAI_RETRIES = 2                # the openai client's own retries (429/5xx/con
 VLLM_CHUNK = 64                   # prompts per vllm.generate call: the resume granularity
 GPU_MEMORY_UTILIZATION = 0.9      # vllm: share of the GPU's memory vLLM takes for weights + KV cache (its default)
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)   # the max_lora_rank values vLLM accepts (LoRAConfig)
+TOP_LOGPROBS = 20                 # vllm/openai p_up: top-k logprobs per generated token. 20 is the most either
+                                  # gives by default (vLLM's max_logprobs, OpenAI's top_logprobs cap); a model that
+                                  # wrote " Up" keeps its other up/down variants far inside its top 20
 N_WEEKS = 3                       # live forecast: past weeks in the prompt (upstream demo: 1-4)
 
 
@@ -100,7 +104,8 @@ def chat_parts(row):
 
 # ---------------------------------------------------------------------------------------------
 # Backends: each turns a list of rows into [(output text, output tokens, hit max_new_tokens)]
-# (hf: Generated tuples whose .extra fields, p_up/p_bins/samples, go into predictions.jsonl)
+# (hf, vllm, openai --logprobs: Generated tuples whose .extra fields, p_up/p_bins/samples, go into
+# predictions.jsonl)
 # ---------------------------------------------------------------------------------------------
 class Generated(tuple):
     """(text, output tokens, hit max_new_tokens) with `extra`: more predictions.jsonl fields."""
@@ -213,7 +218,9 @@ class OpenAIGenerator:
 
     def __init__(self, model_name, base_url=None, api_key=None, max_new_tokens=MAX_NEW_TOKENS,
                  temperature=TEMPERATURE, top_p=TOP_P, timeout=OPENAI_TIMEOUT, max_retries=OPENAI_RETRIES,
-                 concurrency=BATCH_SIZE, http_client=None):
+                 concurrency=BATCH_SIZE, http_client=None, logprobs=False):
+        import threading
+
         from openai import OpenAI
 
         from openai_chat import ChatRules
@@ -222,6 +229,9 @@ class OpenAIGenerator:
         self.model_name, self.max_new_tokens, self._key = model_name, max_new_tokens, api_key
         self.temperature, self.top_p, self.concurrency = temperature, top_p, concurrency
         self.rules = ChatRules()
+        self.logprobs = logprobs                 # ask for top_logprobs and compute p_up (--logprobs)
+        self.with_logprobs = self.without_logprobs = 0
+        self._count_lock = threading.Lock()
 
     def _one(self, row):
         from openai_chat import FatalAPIError, create_chat
@@ -230,18 +240,78 @@ class OpenAIGenerator:
             resp = create_chat(self.client, self.model_name, [{"role": "system", "content": system},
                                                               {"role": "user", "content": user}],
                                self.rules, self.max_new_tokens, api_key=self._key,
-                               temperature=self.temperature, top_p=self.top_p)
+                               temperature=self.temperature, top_p=self.top_p,
+                               **({"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.logprobs else {}))
         except FatalAPIError as exc:
             raise InferenceError(f"the model server ({self.model_name}): {exc}") from None
         except Exception as exc:  # noqa: BLE001 - the client has many error types; the row is retried on resume
             return exc
         choice = resp.choices[0]
         tokens = resp.usage.completion_tokens if resp.usage else None
-        return (choice.message.content or "").strip(), tokens, choice.finish_reason == "length"
+        result = ((choice.message.content or "").strip(), tokens, choice.finish_reason == "length")
+        if not self.logprobs:
+            return result
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
+        with self._count_lock:
+            if content:
+                self.with_logprobs += 1
+            else:
+                self.without_logprobs += 1
+        if not content:                          # the server returned none: no p_up (run.json says why)
+            return Generated(result)
+        return Generated(result, {"p_up": _p_up_openai(content)})
+
+    def describe_probabilities(self):
+        """run.json's `probabilities` entry: how p_up was computed, or why it is absent."""
+        if not self.logprobs:
+            return {"p_up": None, "why": "not requested (--logprobs asks the server for top-k logprobs)"}
+        out = {"p_up": f"top_logprobs (k={TOP_LOGPROBS}) at the Prediction line's direction token: sum P(up "
+                       "variants) / (sum P(up) + sum P(down)) over the top k; null where the answer has no "
+                       "Prediction direction word or no up/down variant is in the top k",
+               "top_logprobs": TOP_LOGPROBS, "responses_with_logprobs": self.with_logprobs,
+               "responses_without_logprobs": self.without_logprobs}
+        if "logprobs" in self.rules.omitted:
+            out["why"] = ("the server rejected the logprobs parameter (400), so no answer has p_up: "
+                          + "; ".join(r for r in self.rules.learned if r.startswith("logprobs")))
+        elif self.without_logprobs:
+            out["why"] = (f"the server returned no logprobs for {self.without_logprobs} answer(s); those have "
+                          "no p_up field")
+        return out
 
     def generate(self, rows):
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(rows)))) as pool:
             return list(pool.map(self._one, rows))
+
+
+def _p_up_openai(content):
+    """p_up from an OpenAI chat response's logprobs.content (one entry per generated token, with
+    top_logprobs); the chosen token counts among the candidates even when a server leaves it out of its top."""
+    from direction_probs import direction_index, p_up_from_top_logprobs
+    pieces = [c.token for c in content]
+    step = direction_index(pieces)
+    if step is None:
+        return None
+    chosen = content[step]
+    candidates = {t.token: t.logprob for t in (chosen.top_logprobs or [])}
+    candidates.setdefault(chosen.token, chosen.logprob)
+    return p_up_from_top_logprobs(chosen.token, candidates.items())
+
+
+def _p_up_vllm(completion):
+    """p_up from a vLLM CompletionOutput generated with SamplingParams(logprobs=k): `logprobs` holds, per
+    generated token, {token_id: Logprob(logprob, rank, decoded_token)} (the top k plus the sampled token)."""
+    from direction_probs import direction_index, p_up_from_top_logprobs
+    steps = getattr(completion, "logprobs", None)
+    ids = list(completion.token_ids)
+    if not steps or len(steps) < len(ids):
+        return None
+    pieces = [steps[k][t].decoded_token if t in steps[k] else None for k, t in enumerate(ids)]
+    if any(p is None for p in pieces):           # detokenize=False or a malformed entry: no texts to locate in
+        return None
+    step = direction_index(pieces)
+    if step is None:
+        return None
+    return p_up_from_top_logprobs(pieces[step], [(lp.decoded_token, lp.logprob) for lp in steps[step].values()])
 
 
 class VLLMGenerator:
@@ -249,7 +319,8 @@ class VLLMGenerator:
 
     max_model_len: the longest prompt + max_new_tokens (vLLM's default is the model's whole context, 131,072
     tokens for Llama-3.1, whose KV cache alone does not fit beside the weights on a 24 GB card);
-    max_lora_rank: the adapter's r rounded up to a rank vLLM accepts (vllm_lora_rank)."""
+    max_lora_rank: the adapter's r rounded up to a rank vLLM accepts (vllm_lora_rank); logprobs=TOP_LOGPROBS
+    gives p_up (_p_up_vllm) at no extra generation pass."""
 
     def __init__(self, source, style, adapter=None, dtype=None, max_new_tokens=MAX_NEW_TOKENS,
                  temperature=TEMPERATURE, top_p=TOP_P, max_model_len=None, lora_rank=None,
@@ -269,15 +340,15 @@ class VLLMGenerator:
         self.engine_args = engine
         self.llm = LLM(**engine)
         self.params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                     stop=list(style.stop_strings) or None)
+                                     stop=list(style.stop_strings) or None, logprobs=TOP_LOGPROBS)
         self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
         self.style = style
 
     def generate(self, rows):
         prompts = [self.style.format_prompt(*chat_parts(r)) for r in rows]
         outs = self.llm.generate(prompts, self.params, lora_request=self.lora)
-        return [(o.outputs[0].text.strip(), len(o.outputs[0].token_ids), o.outputs[0].finish_reason == "length")
-                for o in outs]
+        return [Generated((c.text.strip(), len(c.token_ids), c.finish_reason == "length"), {"p_up": _p_up_vllm(c)})
+                for c in (o.outputs[0] for o in outs)]
 
 
 def adapter_rank(adapter):
@@ -381,6 +452,9 @@ def run_dataset(generator, rows, out, manifest, batch_size, overwrite=False, len
                              getattr(res, "extra", {}))
             writer.flush()
             bar.update(len(batch))
+        describe = getattr(generator, "describe_probabilities", None)
+        if describe and todo:                    # known after generation (openai: did the server give logprobs?)
+            writer.manifest["probabilities"] = describe()
     bar.close()
     return dict(writer.summary, new=len(todo) - len(failed), failed=failed, wall=time.time() - t0)
 
@@ -476,6 +550,9 @@ def parse_args(argv=None):
                     "from (seed, id, sample), so resuming and --batch_size do not change the texts")
     ap.add_argument("--bin_probs", action="store_true", help="hf: also p_bins, the probability of each of the 12 "
                     "labels at the Prediction step (scored from the generation's KV cache)")
+    ap.add_argument("--logprobs", action="store_true", help=f"openai backend: ask the server for the top "
+                    f"{TOP_LOGPROBS} logprobs per token and record p_up where it returns them (run.json says when it "
+                    "does not); hf and vllm always record p_up")
     ap.add_argument("--gpu_memory_utilization", type=float, default=GPU_MEMORY_UTILIZATION,
                     help="vllm backend: share of the GPU's memory (0-1] vLLM may take for weights + KV cache")
     ap.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
@@ -540,6 +617,8 @@ def validate_args(args):
         problems.append(f"--samples {args.samples} needs --temperature > 0 (greedy samples are all the same)")
     if (args.samples > 1 or args.bin_probs) and args.backend != "hf":
         problems.append("--samples > 1 and --bin_probs apply to --backend hf only")
+    if args.logprobs and args.backend != "openai":
+        problems.append("--logprobs applies to --backend openai only (hf and vllm always record p_up)")
     if args.temperature < 0:
         problems.append(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
     if not 0 < args.top_p <= 1:
@@ -605,7 +684,8 @@ def main(argv=None):
         lengths_fn = None
         if args.backend == "openai":
             generator = OpenAIGenerator(args.base_model, args.base_url, _api_key(args), args.max_new_tokens,
-                                        args.temperature, args.top_p, args.timeout, args.max_retries, args.batch_size)
+                                        args.temperature, args.top_p, args.timeout, args.max_retries, args.batch_size,
+                                        logprobs=args.logprobs)
             style_name, dtype, model_name, batch = None, None, args.base_model, args.batch_size
         elif args.backend == "vllm":
             import models
@@ -649,6 +729,14 @@ def main(argv=None):
                          "P(up words) / P(up + down words) at the Prediction line's direction token; absent "
                          "(null) where the answer has no Prediction direction word"),
                 "p_bins": args.bin_probs}
+        elif args.backend == "vllm":
+            manifest["probabilities"] = {
+                "p_up": f"vLLM top-k logprobs (SamplingParams(logprobs={TOP_LOGPROBS})) at the Prediction line's "
+                        "direction token: sum P(up variants) / (sum P(up) + sum P(down)) over the top k; null where "
+                        "the answer has no Prediction direction word or no up/down variant is in the top k",
+                "top_logprobs": TOP_LOGPROBS, "p_bins": False}
+        elif args.backend == "openai":
+            manifest["probabilities"] = generator.describe_probabilities()   # updated after generation
         summary = run_dataset(generator, rows, args.out, manifest, batch, args.overwrite, lengths_fn,
                               progress=not args.quiet)
     except InferenceError as exc:

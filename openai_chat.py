@@ -6,7 +6,8 @@ Parameters. Reasoning models (OpenAI's o-series, gpt-5) reject `max_tokens` (the
 names the parameter; older servers may reject `max_completion_tokens`. `ChatRules` starts with the widely
 understood spelling, learns from the first such 400 (renames the token limit, drops the named sampling
 parameter), re-sends, and keeps what it learned for the rest of the run; `describe()` is what a run
-records in its manifest.
+records in its manifest. `logprobs`/`top_logprobs` (asked for by `inference.py --logprobs`) are learned the
+same way: a server that rejects either gets neither from then on, and the run records why it has no p_up.
 
 Errors. `FatalAPIError` means no request can succeed and the run must stop at once: a rejected key
 (401), no access (403), an unknown model or URL (404), no credits (429 `insufficient_quota`, which is
@@ -21,7 +22,8 @@ import threading
 
 TOKEN_LIMIT_NAMES = ("max_tokens", "max_completion_tokens")
 SAMPLING_NAMES = ("temperature", "top_p")
-MAX_LEARNING_ROUNDS = 4     # one per learnable parameter, plus one
+LOGPROB_NAMES = ("logprobs", "top_logprobs")     # optional: left out together when a server rejects either
+MAX_LEARNING_ROUNDS = 5     # one per learnable parameter (token limit, temperature, top_p, logprobs), plus one
 
 
 class FatalAPIError(RuntimeError):
@@ -73,6 +75,10 @@ class ChatRules:
                         self._rejected.add(name)
                         self.token_limit = other
                         self._note(f"{other} instead of {name}", exc)
+                elif name in LOGPROB_NAMES:
+                    if not self.omitted.issuperset(LOGPROB_NAMES):
+                        self.omitted.update(LOGPROB_NAMES)
+                        self._note("logprobs and top_logprobs left out (the server does not offer them)", exc)
                 elif name not in self.omitted:
                     self.omitted.add(name)
                     self._note(f"{name} left out (the model accepts only its default)", exc)
@@ -101,7 +107,7 @@ def _named_parameters(exc, sent):
     if param in sent:
         return [param]
     text = _message(exc)
-    return [name for name in sent if name in TOKEN_LIMIT_NAMES + SAMPLING_NAMES
+    return [name for name in sent if name in TOKEN_LIMIT_NAMES + SAMPLING_NAMES + LOGPROB_NAMES
             and re.search(rf"(?<![A-Za-z_]){re.escape(name)}(?![A-Za-z_])", text)]
 
 

@@ -3,7 +3,8 @@
 A run dir is what `inference.py --out DIR` writes (and `inference.py --backend file` imports into):
 
     DIR/predictions.jsonl   one JSON object per example: id, symbol, period, label, reference, output,
-                            latency_s, output_tokens, hit_max_new_tokens (+ p_up, p_bins, samples: hf only)
+                            latency_s, output_tokens, hit_max_new_tokens (+ p_up: hf, vllm, openai --logprobs;
+                            p_bins, samples: hf)
     DIR/run.json            the manifest: model, adapter, prompt_style, backend, dtype, decoding, dataset
                             {path, split, fingerprint}, hardware, versions, status, n, completed, ...
 

@@ -9,9 +9,13 @@ redistributing its data), but they fail the way the real services do:
            a symbol it does not know.
   OpenAI:  `reasoning` models answer 400 to `max_tokens` and to a temperature/top_p other than 1, with
            OpenAI's error bodies (param, code); `quota_exhausted` answers 429 insufficient_quota; a key
-           not in `valid_keys` gets 401; `forbidden` gets 403; a model not in `known_models` gets 404."""
+           not in `valid_keys` gets 401; `forbidden` gets 403; a model not in `known_models` gets 404;
+           `logprobs` = "offer" answers `logprobs: true` with logprobs.content (one entry per word-ish token,
+           `top` = {token: [(text, p), ...]} its top_logprobs), "ignore" returns none, "reject" answers 400."""
 import hashlib
 import json
+import math
+import re
 import threading
 import time
 from collections import Counter
@@ -178,6 +182,7 @@ class FakeOpenAI(_Server):
         self.reasoning, self.quota_exhausted, self.bad_request, self.forbidden = False, False, None, False
         self.valid_keys, self.known_models = None, None
         self.bodies, self.errors = [], Counter()
+        self.logprobs, self.top = "offer", {}
 
     def refusal(self, h, body):
         """(status, error object) the real service would answer with, or None."""
@@ -195,6 +200,9 @@ class FakeOpenAI(_Server):
         if self.quota_exhausted:
             return 429, {"message": "You exceeded your current quota, please check your plan and billing details.",
                          "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}
+        if self.logprobs == "reject" and "logprobs" in body:
+            return 400, {"message": "Unsupported parameter: 'logprobs' is not supported with this model.",
+                         "type": "invalid_request_error", "param": "logprobs", "code": "unsupported_parameter"}
         if self.bad_request:
             return 400, {"message": self.bad_request, "type": "invalid_request_error", "param": "messages",
                          "code": None}
@@ -232,9 +240,20 @@ class FakeOpenAI(_Server):
             finish = self.finish_reasons.pop(0) if self.finish_reasons else "stop"
         if self.delay_s:
             time.sleep(self.delay_s)
+        logprobs = None
+        if body.get("logprobs") and self.logprobs == "offer":
+            logprobs = {"content": [self.token_logprobs(t, body.get("top_logprobs") or 0)
+                                    for t in re.findall(r"\s*\S+|\s+", content)]}
         self.send(h, 200, {
             "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "finish_reason": finish,
+            "choices": [{"index": 0, "finish_reason": finish, "logprobs": logprobs,
                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": len(user) // 4, "completion_tokens": len(content) // 4,
                       "total_tokens": (len(user) + len(content)) // 4}})
+
+    def token_logprobs(self, token, k):
+        """One logprobs.content entry: the token (p 0.9 unless `top` lists it) and its top k alternatives."""
+        top = self.top.get(token, [(token, 0.9)])
+        chosen = dict(top).get(token, 0.9)
+        return {"token": token, "logprob": math.log(chosen), "bytes": list(token.encode()),
+                "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in top[:k]]}

@@ -164,6 +164,47 @@ def test_openai_backend_uses_the_teachers_parameter_rules_for_reasoning_models(d
     assert "using max_completion_tokens" in capsys.readouterr().err
 
 
+UP_ANSWER = ("[Positive Developments]:\n1. Orders.\n\n[Potential Concerns]:\n1. Costs.\n\n"
+             "[Prediction & Analysis]:\nPrediction: Up by 1-2%\nAnalysis: orders win.")
+
+
+def test_openai_logprobs_give_p_up_at_the_direction_token(dataset, tmp_path):
+    """--logprobs asks for top_logprobs; p_up = sum P(up variants) / (sum P(up) + sum P(down)) over the top k."""
+    from fake_servers import FakeOpenAI as ServiceLikeOpenAI
+    with ServiceLikeOpenAI(default_answer=UP_ANSWER) as server:
+        server.top = {" Up": [(" Up", 0.5), (" Down", 0.2), ("Up", 0.1), (" Flat", 0.1), (" down", 0.05)]}
+        out = tmp_path / "probs"
+        assert inference.main(openai_args(dataset, out, server, "--logprobs", "--limit", "2")) == 0
+    assert all(body == ["logprobs", "max_tokens", "temperature", "top_logprobs", "top_p"] for body in server.bodies)
+    preds = read_predictions(out)
+    assert len(preds) == 2 and all(p["p_up"] == pytest.approx(0.6 / 0.85, abs=1e-12) for p in preds)
+    probabilities = json.loads((out / "run.json").read_text())["probabilities"]
+    assert probabilities["top_logprobs"] == inference.TOP_LOGPROBS and probabilities["responses_with_logprobs"] == 2
+    assert "why" not in probabilities
+
+
+@pytest.mark.parametrize("mode, why", [("ignore", "returned no logprobs"), ("reject", "rejected the logprobs")])
+def test_openai_without_logprobs_writes_no_p_up_and_says_why(dataset, tmp_path, mode, why):
+    from fake_servers import FakeOpenAI as ServiceLikeOpenAI
+    with ServiceLikeOpenAI(default_answer=UP_ANSWER) as server:
+        server.logprobs = mode
+        out = tmp_path / "no-probs"
+        assert inference.main(openai_args(dataset, out, server, "--logprobs", "--limit", "2",
+                                          "--batch_size", "1")) == 0
+    preds = read_predictions(out)
+    assert len(preds) == 2 and not any("p_up" in p for p in preds)
+    assert why in json.loads((out / "run.json").read_text())["probabilities"]["why"]
+    if mode == "reject":                                     # learned once, then never sent again
+        assert server.errors == {400: 1} and all("logprobs" not in body for body in server.bodies[1:])
+
+
+def test_openai_without_the_logprobs_flag_asks_for_none(dataset, tmp_path, fake_server):
+    out = tmp_path / "plain"
+    assert inference.main(openai_args(dataset, out, fake_server, "--limit", "1")) == 0
+    assert "logprobs" not in fake_server.requests[0] and "p_up" not in read_predictions(out)[0]
+    assert "not requested" in json.loads((out / "run.json").read_text())["probabilities"]["why"]
+
+
 @pytest.mark.parametrize("failure, words", [("quota_exhausted", "insufficient_quota"),
                                             ("valid_keys", "rejected the API key (401)")])
 def test_openai_backend_stops_at_once_when_no_request_can_succeed(dataset, tmp_path, capsys, failure, words):
@@ -221,10 +262,11 @@ def test_resuming_with_other_settings_is_refused(dataset, tmp_path, fake_server,
 
 
 def test_user_mistakes_are_reported_in_one_error_line(tmp_path, capsys):
-    assert inference.main(["--top_p", "0", "--batch_size", "0"]) == 1
+    assert inference.main(["--top_p", "0", "--batch_size", "0", "--logprobs"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: ")
-    for words in ("--dataset is required", "--out is required", "--top_p", "--batch_size"):
+    for words in ("--dataset is required", "--out is required", "--top_p", "--batch_size",
+                  "--logprobs applies to --backend openai only"):
         assert words in err[0]
     assert inference.main(["--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
                            "--adapter", str(tmp_path)]) == 1

@@ -1,10 +1,14 @@
 """inference.py --backend vllm end to end on CPU, with the `vllm` module replaced by a stub that records the
 LLM(...), SamplingParams(...) and LoRARequest(...) arguments (vLLM's wheels are CUDA builds): the engine gets
 max_model_len = the longest tokenized prompt + --max_new_tokens, max_lora_rank = the adapter's r rounded up
-to a rank vLLM accepts, and --gpu_memory_utilization."""
+to a rank vLLM accepts, and --gpu_memory_utilization. The stub's outputs carry vLLM-shaped logprobs (per
+generated token {token_id: Logprob(logprob, rank, decoded_token)}, the top k plus the sampled token), from
+which p_up is computed at the Prediction line's direction token."""
 import json
+import math
 import sys
 import types
+from dataclasses import dataclass
 
 import pytest
 
@@ -13,9 +17,34 @@ import models
 from prompt import get_style, split_public_prompt
 
 
+@dataclass
+class Logprob:
+    """vllm.logprobs.Logprob (vllm/logprobs.py): the shape CompletionOutput.logprobs entries have."""
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+STUB_PIECES = ["[Prediction & Analysis]:", "\n", "Prediction", ":", " Up", " by", " 1", "-", "2", "%", "\n",
+               "Analysis: stub"]
+
+
+def completion(pieces, alternatives=None):
+    """A CompletionOutput-like object: token i is `pieces[i]` (id 100 + i, logprob log 0.9, rank 1) unless
+    `alternatives` = {i: [(text, p), ...]} gives that step's top-k list (the first entry is the sampled token)."""
+    ids, steps = [100 + i for i in range(len(pieces))], []
+    for i, piece in enumerate(pieces):
+        top = (alternatives or {}).get(i, [(piece, 0.9)])
+        step = {ids[i]: Logprob(math.log(top[0][1]), 1, top[0][0])}
+        step.update({500 + j: Logprob(math.log(p), j + 1, text) for j, (text, p) in enumerate(top[1:], start=1)})
+        steps.append(step)
+    return types.SimpleNamespace(text="".join(pieces), token_ids=ids, finish_reason="stop", logprobs=steps)
+
+
 class Recorder:
     def __init__(self):
         self.llm, self.sampling, self.lora, self.prompts = [], [], [], []
+        self.script = []            # completions to return, in order, before the default one
 
 
 @pytest.fixture
@@ -28,9 +57,8 @@ def vllm_stub(monkeypatch):
 
         def generate(self, prompts, params, lora_request=None):
             calls.prompts.extend(prompts)
-            answer = "[Prediction & Analysis]:\nPrediction: Up by 1-2%\nAnalysis: stub"
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=answer, token_ids=[1] * 12,
-                                                                         finish_reason="stop")]) for _ in prompts]
+            return [types.SimpleNamespace(outputs=[calls.script.pop(0) if calls.script else completion(STUB_PIECES)])
+                    for _ in prompts]
 
     def sampling_params(**kwargs):
         calls.sampling.append(kwargs)
@@ -80,12 +108,45 @@ def test_vllm_backend_sizes_the_engine_to_the_prompts_and_the_adapter(vllm_stub,
     assert engine["enable_lora"] is True and engine["max_lora_rank"] == 16       # r=12 rounded up
     assert engine["gpu_memory_utilization"] == 0.75
     assert vllm_stub.sampling == [{"temperature": 0.0, "top_p": 1.0, "max_tokens": 40,
-                                   "stop": list(get_style("chatml").stop_strings) or None}]
+                                   "stop": list(get_style("chatml").stop_strings) or None,
+                                   "logprobs": inference.TOP_LOGPROBS}]
     assert vllm_stub.lora == [("adapter", 1, str(adapter))]
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == len(vllm_stub.prompts) == 4
     assert all(row["output_tokens"] == 12 and not row["hit_max_new_tokens"] for row in lines)
     assert json.loads((out / "run.json").read_text())["backend"] == "vllm"
+
+
+def test_vllm_p_up_is_the_up_share_of_the_top_k_at_the_direction_token(vllm_stub, tmp_path, tiny_forecast_dataset,
+                                                                       embedded_model_dir):
+    up = completion(STUB_PIECES, {4: [(" Up", 0.5), (" Down", 0.2), ("Up", 0.1), (" up", 0.05), (" Flat", 0.1),
+                                      (" DOWN", 0.05)]})
+    down = completion(["Prediction", ":", " Down", " by", " 2-3%"], {2: [(" Down", 0.6), (" Up", 0.3)]})
+    no_line = completion(["[Analysis]:", " no", " call", " this", " week"])
+    split_word = completion(["Prediction", ":", " U", "p", " by", " 1-2%"], {2: [(" U", 0.5), (" D", 0.4)]})
+    vllm_stub.script = [up, down, no_line, split_word]
+    out = tmp_path / "run"
+    assert inference.main(["--backend", "vllm", "--dataset", str(tiny_forecast_dataset), "--out", str(out),
+                           "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    p_ups = [row["p_up"] for row in rows]                  # rows follow the prompts' order (one vllm chunk)
+    assert p_ups[0] == pytest.approx((0.5 + 0.1 + 0.05) / (0.5 + 0.1 + 0.05 + 0.2 + 0.05), abs=1e-12)
+    assert p_ups[1] == pytest.approx(0.3 / 0.9, abs=1e-12)
+    assert p_ups[2] is None                                # no Prediction direction word
+    assert p_ups[3] is None                                # the word split over tokens: no up/down variant in the top k
+    probabilities = json.loads((out / "run.json").read_text())["probabilities"]
+    assert probabilities["top_logprobs"] == inference.TOP_LOGPROBS and "top-k logprobs" in probabilities["p_up"]
+
+
+def test_vllm_p_up_is_null_without_logprobs(vllm_stub, tmp_path, tiny_forecast_dataset, embedded_model_dir):
+    plain = completion(STUB_PIECES)
+    plain.logprobs = None                                  # an engine that returned none
+    vllm_stub.script = [plain]
+    out = tmp_path / "run"
+    assert inference.main(["--backend", "vllm", "--dataset", str(tiny_forecast_dataset), "--out", str(out),
+                           "--limit", "1", "--quiet"]) == 0
+    (row,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert row["p_up"] is None and row["output"].endswith("Analysis: stub")
 
 
 def test_vllm_backend_without_adapter_enables_no_lora(vllm_stub, tmp_path, tiny_forecast_dataset, embedded_model_dir):
