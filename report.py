@@ -25,6 +25,7 @@ import hitl_export
 import tracking
 from report_document import Document, to_html, to_markdown
 from review_store import RATING_SCALE, HitlError, ReviewStore
+from utils import fmt, fmt_p
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -53,14 +54,6 @@ def read_json(path):
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def fmt(x, spec=".3f"):
-    return "—" if x is None else format(x, spec)
-
-
-def fmt_p(p):
-    return "—" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _stats_row(values):

@@ -24,7 +24,7 @@ from prompt import BIN_CODES, bin_midpoint, bin_return, label_to_code
 from runs import RunError, load_run as read_run_dir
 import signals
 from signals import week_blocked_bootstrap
-from utils import ROUGE_TYPES, SECTIONS, score_pair, summarize_pairs
+from utils import ROUGE_TYPES, SECTIONS, fmt, fmt_p, score_pair, summarize_pairs
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -412,14 +412,6 @@ def per_sample_row(run_name, example_id, symbol, period, truth, pair, output):
 # ---------------------------------------------------------------------------------------------
 # Writing: markdown, CSV, plots
 # ---------------------------------------------------------------------------------------------
-def _f(x, spec=".3f"):
-    return "—" if x is None else format(x, spec)
-
-
-def _p(x):
-    return "—" if x is None else ("<0.001" if x < 0.001 else f"{x:.3f}")
-
-
 def markdown(report):
     head = ["run", "n", "parsed", "format fail", "binary acc [95% CI]", "acc (parsed only)",
             "Δ vs majority [95% CI], p", "agree w/ ref", "MSE (coverage)"]
@@ -430,17 +422,17 @@ def markdown(report):
         m = row["metrics"]
         vs = m["vs_majority"]
         delta = "—" if name == "majority" else (f"{vs['difference']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}], "
-                                                 f"p={_p(vs['p_value'])}")
-        rouge = [("/".join(_f(m["rouge"][s][t], ".2f") for t in ROUGE_TYPES) if "rouge" in m else "—")
+                                                 f"p={fmt_p(vs['p_value'])}")
+        rouge = [("/".join(fmt(m["rouge"][s][t], ".2f") for t in ROUGE_TYPES) if "rouge" in m else "—")
                  for s in SECTIONS]
         lat = m.get("latency_s")
         cells = [(name if row["kind"] == "run" else f"*{name} (baseline)*") + flag, str(m["n"]), str(m["parsed"]),
                  str(m["format_failures"]),
-                 f"{_f(m['binary_accuracy'])} [{_f(m['binary_accuracy_ci'][0])}, {_f(m['binary_accuracy_ci'][1])}]",
-                 _f(m["binary_accuracy_parsed"]), delta, _f(m["reference_agreement"]),
-                 f"{_f(m['mse'], '.2f')} ({_f(m['mse_coverage'], '.0%')})", *rouge,
-                 f"{_f(lat['mean'], '.2f')}/{_f(lat['median'], '.2f')}" if lat else "—",
-                 _f(m["long_short"]["mean_weekly_pct"], "+.2f")]
+                 f"{fmt(m['binary_accuracy'])} [{fmt(m['binary_accuracy_ci'][0])}, {fmt(m['binary_accuracy_ci'][1])}]",
+                 fmt(m["binary_accuracy_parsed"]), delta, fmt(m["reference_agreement"]),
+                 f"{fmt(m['mse'], '.2f')} ({fmt(m['mse_coverage'], '.0%')})", *rouge,
+                 f"{fmt(lat['mean'], '.2f')}/{fmt(lat['median'], '.2f')}" if lat else "—",
+                 fmt(m["long_short"]["mean_weekly_pct"], "+.2f")]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"Scored on {report['n_ids']} ids shared by all runs: {report['weeks']} weeks × "
              f"{report['symbols']} symbols. CIs: week-blocked bootstrap ({report['bootstrap_samples']} resamples, "
@@ -500,12 +492,12 @@ def truth_sentence(report):
 
 
 def _per_symbol_cell(m, symbol):
-    acc = _f(m["per_symbol_accuracy"].get(symbol, {}).get("accuracy"), ".2f")
+    acc = fmt(m["per_symbol_accuracy"].get(symbol, {}).get("accuracy"), ".2f")
     rouge = (m.get("per_symbol_rouge") or {}).get(symbol)
     if not rouge:
         return acc
     values = [v["rougeL"] for v in rouge.values() if v.get("rougeL") is not None]
-    return f"{acc} / {_f(float(np.mean(values)) if values else None, '.2f')}"
+    return f"{acc} / {fmt(float(np.mean(values)) if values else None, '.2f')}"
 
 
 CSV_FIELDS = (["name", "kind", "n", "parsed", "format_failures", "binary_accuracy", "ci_low", "ci_high",

@@ -19,6 +19,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from utils import fmt
+
 # ---------------------------------------------------------------------------------------------
 # Defaults (comparison.py's flags mirror the ones a user sets)
 # ---------------------------------------------------------------------------------------------
@@ -490,10 +492,6 @@ def weeks_warning(n_weeks, min_weeks=MIN_WEEKS):
             "few weeks say little")
 
 
-def _f(x, spec=".3f"):
-    return "—" if x is None else format(x, spec)
-
-
 def _ci(ci, spec=".3f"):
     return "" if not ci else f" [{format(ci[0], spec)}, {format(ci[1], spec)}]"
 
@@ -512,19 +510,19 @@ def signal_markdown(report):
         if not s:
             continue
         ic = s["ic"]
-        out.append(f"| {name} | {_f(s['mcc'])}{_ci(s['mcc_ci'])} | {_f(s['mcc_parsed'])}{_ci(s['mcc_parsed_ci'])} | "
-                   f"{_f(ic['mean'])}{_ci(ic['ci'])} | {_f(ic['t'], '.2f')} | {ic['weeks']} ({ic['weeks_skipped']}) | "
-                   f"{_f(ic['positive_share'], '.0%')} |")
+        out.append(f"| {name} | {fmt(s['mcc'])}{_ci(s['mcc_ci'])} | {fmt(s['mcc_parsed'])}{_ci(s['mcc_parsed_ci'])} | "
+                   f"{fmt(ic['mean'])}{_ci(ic['ci'])} | {fmt(ic['t'], '.2f')} | {ic['weeks']} ({ic['weeks_skipped']}) | "
+                   f"{fmt(ic['positive_share'], '.0%')} |")
     probs = {n: r["metrics"]["signal"]["probabilities"] for n, r in rows.items()
              if (r["metrics"].get("signal") or {}).get("probabilities")}
     if probs:
         out += ["", "| run (p_up) | n | Brier | log loss | ECE (10 bins) | ROC-AUC | accuracy at coverage |",
                 "|---|---|---|---|---|---|---|"]
         for name, p in probs.items():
-            cov = ", ".join(f"{c['coverage']:.0%}: {_f(c['accuracy'], '.2f')}" for c in p["accuracy_vs_coverage"]
+            cov = ", ".join(f"{c['coverage']:.0%}: {fmt(c['accuracy'], '.2f')}" for c in p["accuracy_vs_coverage"]
                             if c["coverage"] is not None)
-            out.append(f"| {name} | {p['n']} | {_f(p['brier'])}{_ci(p['brier_ci'])} | {_f(p['log_loss'])}"
-                       f"{_ci(p['log_loss_ci'])} | {_f(p['ece'])}{_ci(p['ece_ci'])} | {_f(p['roc_auc'])}"
+            out.append(f"| {name} | {p['n']} | {fmt(p['brier'])}{_ci(p['brier_ci'])} | {fmt(p['log_loss'])}"
+                       f"{_ci(p['log_loss_ci'])} | {fmt(p['ece'])}{_ci(p['ece_ci'])} | {fmt(p['roc_auc'])}"
                        f"{_ci(p['roc_auc_ci'])} | {cov} |")
     else:
         out += ["", "No run has a p_up value (inference.py's hf backend writes one where an answer's Prediction line "
@@ -534,17 +532,17 @@ def signal_markdown(report):
             "| run | strategy | ann. return | vol | Sharpe [CI] | max drawdown | cumulative | mean turnover | "
             "Δ mean weekly net vs benchmark [CI] |", "|---|---|---|---|---|---|---|---|---|"]
     bench = report.get("benchmark") or {}
-    out.append(f"| *benchmark* | equal weight | {_f(bench.get('annual_return'), '+.1%')} | "
-               f"{_f(bench.get('volatility'), '.1%')} | {_f(bench.get('sharpe'), '.2f')}"
-               f"{_ci(bench.get('sharpe_ci'), '.2f')} | {_f(bench.get('max_drawdown'), '.1%')} | "
-               f"{_f(bench.get('cumulative'), '+.2%')} | {_f(bench.get('mean_turnover'), '.2f')} | — |")
+    out.append(f"| *benchmark* | equal weight | {fmt(bench.get('annual_return'), '+.1%')} | "
+               f"{fmt(bench.get('volatility'), '.1%')} | {fmt(bench.get('sharpe'), '.2f')}"
+               f"{_ci(bench.get('sharpe_ci'), '.2f')} | {fmt(bench.get('max_drawdown'), '.1%')} | "
+               f"{fmt(bench.get('cumulative'), '+.2%')} | {fmt(bench.get('mean_turnover'), '.2f')} | — |")
     for name, row in rows.items():
         for strategy, e in ((row["metrics"].get("signal") or {}).get("backtest") or {}).items():
             vs = e.get("vs_benchmark") or {}
-            out.append(f"| {name} | {strategy} | {_f(e['annual_return'], '+.1%')} | {_f(e['volatility'], '.1%')} | "
-                       f"{_f(e['sharpe'], '.2f')}{_ci(e['sharpe_ci'], '.2f')} | {_f(e['max_drawdown'], '.1%')} | "
-                       f"{_f(e['cumulative'], '+.2%')} | {_f(e['mean_turnover'], '.2f')} | "
-                       f"{_f(vs.get('difference'), '+.4f')}{_ci(vs.get('ci'), '+.4f')} |")
+            out.append(f"| {name} | {strategy} | {fmt(e['annual_return'], '+.1%')} | {fmt(e['volatility'], '.1%')} | "
+                       f"{fmt(e['sharpe'], '.2f')}{_ci(e['sharpe_ci'], '.2f')} | {fmt(e['max_drawdown'], '.1%')} | "
+                       f"{fmt(e['cumulative'], '+.2%')} | {fmt(e['mean_turnover'], '.2f')} | "
+                       f"{fmt(vs.get('difference'), '+.4f')}{_ci(vs.get('ci'), '+.4f')} |")
     if sig.get("warning"):
         out += ["", f"- **Warning:** {sig['warning']}."]
     return "\n".join(out) + "\n"

@@ -152,6 +152,24 @@ def summarize_pairs(pairs, latencies=None):
     return out
 
 
+def fmt(x, spec=".3f"):
+    """A number for a table cell; "—" for a missing value.
+
+    >>> fmt(0.51234), fmt(None), fmt(3, "d")
+    ('0.512', '—', '3')
+    """
+    return "—" if x is None else format(x, spec)
+
+
+def fmt_p(p):
+    """A p-value for a table cell.
+
+    >>> fmt_p(0.0004), fmt_p(0.25), fmt_p(None)
+    ('<0.001', '0.250', '—')
+    """
+    return "—" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def format_metrics(m):
     """A few human-readable lines of a calc_metrics dict (what upstream's notebook printed)."""
     def f(x, spec=".3f"):
