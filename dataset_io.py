@@ -174,11 +174,18 @@ def _is_hindsight(path):
     return None
 
 
-def _stats(values):
+def length_stats(values):
+    """Count, min, mean, median, max and total of a list of lengths (dataset summaries, supervision audits).
+
+    >>> length_stats([3, 1, 2])
+    {'n': 3, 'min': 1, 'mean': 2.0, 'median': 2, 'max': 3, 'total': 6}
+    >>> length_stats([])
+    {'n': 0}
+    """
     if not values:
         return {"n": 0}
     return {"n": len(values), "min": min(values), "mean": round(statistics.fmean(values), 1),
-            "median": statistics.median(values), "max": max(values)}
+            "median": statistics.median(values), "max": max(values), "total": sum(values)}
 
 
 def summarize(dd, path=None, hindsight=None):
@@ -210,8 +217,8 @@ def summarize(dd, path=None, hindsight=None):
             "labels": {lbl: labels[lbl] for lbl in BIN_LABELS if labels.get(lbl)}
                       | {lbl: c for lbl, c in labels.items() if lbl not in BIN_LABELS},
             "up_share": round(ups / n, 4) if n else None,
-            "prompt_chars": _stats([len(r["prompt"] or "") for r in rows]),
-            "answer_chars": _stats([len(r["answer"] or "") for r in rows]),
+            "prompt_chars": length_stats([len(r["prompt"] or "") for r in rows]),
+            "answer_chars": length_stats([len(r["answer"] or "") for r in rows]),
             "problems": {k: {"count": len(v), "examples": v[:3]} for k, v in problems.items()},
         }
     return out

@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 import market_calendar
+from models import CACHE_ENV as CACHE_DIR_ENV, cache_root
 
 # ---------------------------------------------------------------------------------------------
 # Offline sample source
@@ -180,7 +181,6 @@ class SampleSource:
 # Live sources: shared plumbing (disk cache, rate limit, retries, redaction, symbol spelling)
 # ---------------------------------------------------------------------------------------------
 
-CACHE_DIR_ENV = "FORECASTER_CACHE"
 FINNHUB_CALLS_PER_MINUTE = 55        # free plan says 60; Finnhub has answered 429 below that (Finnhub-API #466)
 FINNHUB_TIMEOUT_S = 10
 FINNHUB_MAX_ATTEMPTS = 6             # per call, with exponential backoff + jitter
@@ -210,7 +210,8 @@ MONETARY_METRIC = re.compile(r"^(bookValue|tangibleBookValue|eps|ev|ebitda|reven
 
 
 def default_cache_dir():
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "fingpt-forecaster")
+    """$FORECASTER_CACHE or ~/.cache/fingpt-forecaster: the one cache root (models.py owns the rule)."""
+    return cache_root()
 
 
 def redact(text, secrets=()):

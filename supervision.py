@@ -5,8 +5,8 @@ the HITL DPO stage and tests use it too.
 """
 import math
 import re
-import statistics
 
+from dataset_io import length_stats
 from prompt import SYSTEM_PROMPT, get_style, split_public_prompt
 
 OVERLONG = "trim"              # trim the oldest news weeks so instruction + answer survive; or "drop" (upstream)
@@ -130,13 +130,6 @@ class PaddingCollator:
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
 
-def _stats(values):
-    if not values:
-        return {"n": 0}
-    return {"n": len(values), "min": min(values), "mean": round(statistics.fmean(values), 1),
-            "median": statistics.median(values), "max": max(values), "total": sum(values)}
-
-
 def tokenize_split(tokenizer, style, rows, max_length, overlong=OVERLONG, desc="tokenize"):
     """(features, audit) of a list of rows; the audit counts what happened to every example."""
     from tqdm import tqdm
@@ -161,8 +154,8 @@ def tokenize_split(tokenizer, style, rows, max_length, overlong=OVERLONG, desc="
     audit = {"examples_in": len(rows), "examples_out": len(features),
              "over_max_length": len(overlong_ids), "trimmed_news": len(trimmed),
              "news_weeks_removed": weeks_removed, "answers_cut": len(cut), "dropped": len(dropped),
-             "supervised_tokens_per_example": _stats([f["supervised_tokens"] for f in features]),
-             "tokens_per_example": _stats([f["length"] for f in features]),
+             "supervised_tokens_per_example": length_stats([f["supervised_tokens"] for f in features]),
+             "tokens_per_example": length_stats([f["length"] for f in features]),
              "examples": {"over_max_length": overlong_ids[:20], "trimmed_news": trimmed[:20],
                           "answers_cut": cut[:20], "dropped": dropped[:20]}}
     return features, audit

@@ -140,3 +140,37 @@ def test_help_does_not_import_torch(script):
     heavy = proc.stdout.strip().splitlines()[-1]
     assert heavy.startswith("HEAVY=")
     assert "torch" not in heavy.removeprefix("HEAVY=").split(","), f"{script} --help imports {heavy}"
+
+
+# (d) One definition per shared helper and constant: each of these once had twins in several modules.
+DEFINED_ONCE = {
+    "fmt": "utils", "fmt_p": "utils",                     # table-cell formatting (report, scoring, signals)
+    "length_stats": "dataset_io",                         # dataset summaries and supervision audits
+    "read_predictions": "runs", "read_done": "runs", "resume_conflicts": "runs",   # the run-dir format
+    "run_style": "runs", "style_for": "runs",            # one way to find a run's prompt style
+    "_PREDICTION_LINE_RE": "prompt",                     # the Prediction-line regex (parser and export)
+    "CACHE_ENV": "models",                               # the FORECASTER_CACHE variable name
+}
+RETIRED = ("_stats", "_f", "_p", "resolve_style")
+
+
+def top_level_definitions(path):
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_each_shared_helper_and_constant_is_defined_once():
+    defined = {p.stem: top_level_definitions(p) for p in sorted(ROOT.glob("*.py"))}
+    for name, owner in DEFINED_ONCE.items():
+        where = sorted(m for m, names in defined.items() if name in names)
+        assert where == [owner], f"{name} is defined in {where}, expected only in {owner}.py"
+    for name in RETIRED:
+        where = sorted(m for m, names in defined.items() if name in names)
+        assert not where, f"{name} is back in {where}: use the one shared definition"
+    literal = sorted(p.stem for p in ROOT.glob("*.py") if '"FORECASTER_CACHE"' in p.read_text())
+    assert literal == ["models"], f"the FORECASTER_CACHE name is spelled out in {literal}; import models.CACHE_ENV"

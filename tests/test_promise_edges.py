@@ -263,8 +263,8 @@ def test_the_audit_and_features_record_every_example_by_id_with_its_reason(embed
     assert audit == {
         "examples_in": 4, "examples_out": 3, "over_max_length": 3, "trimmed_news": 1,
         "news_weeks_removed": each["id-trim"]["weeks_removed"], "answers_cut": 1, "dropped": 1,
-        "supervised_tokens_per_example": supervision._stats([each[i]["supervised_tokens"] for i in kept]),
-        "tokens_per_example": supervision._stats([len(each[i]["input_ids"]) for i in kept]),
+        "supervised_tokens_per_example": supervision.length_stats([each[i]["supervised_tokens"] for i in kept]),
+        "tokens_per_example": supervision.length_stats([len(each[i]["input_ids"]) for i in kept]),
         "examples": {"over_max_length": ids[1:], "trimmed_news": ["id-trim"], "answers_cut": ["id-cut"],
                      "dropped": [{"id": "id-drop", "reason": each["id-drop"]["reason"]}]}}
 
