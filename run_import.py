@@ -27,6 +27,7 @@ from pathlib import Path
 
 from dataset_io import example_id
 from prompt import BIN_LABELS, PROMPT_STYLES, bin_label, parse_answer, split_public_prompt
+from runs import differing_keys
 
 # ---------------------------------------------------------------------------------------------
 # Defaults
@@ -543,13 +544,7 @@ def check_existing(out, manifest, overwrite=False):
     if old.get("backend") != "file":
         raise OutputsError(f"--out {out} holds a run made with backend {old.get('backend')!r}; pass another "
                            "--out, or --overwrite to replace it")
-    differences = []
-    for key in IDENTITY_KEYS:
-        a, b = old, manifest
-        for k in key:
-            a, b = (a or {}).get(k), (b or {}).get(k)
-        if a != b:
-            differences.append(".".join(key))
+    differences = [name for name, _, _ in differing_keys(old, manifest, IDENTITY_KEYS)]
     if differences:
         what = ("a different file (" + old.get("source", {}).get("file", "?") + ")"
                 if "source.sha256" in differences else "other settings (" + ", ".join(differences) + ")")

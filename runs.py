@@ -158,13 +158,22 @@ def resume_conflicts(old, new):
     >>> resume_conflicts({"model": "a", "dataset": {"split": "test"}}, {"model": "a", "dataset": {"split": "val"}})
     ["dataset.split 'test' vs 'val'"]
     """
+    return [f"{name} {a!r} vs {b!r}" for name, a, b in differing_keys(old, new, RESUME_KEYS)]
+
+
+def differing_keys(old, new, keys):
+    """(dotted key, old value, new value) for each nested key path whose values differ.
+
+    >>> differing_keys({"a": {"b": 1}}, {"a": {"b": 2}}, [("a", "b"), ("c",)])
+    [('a.b', 1, 2)]
+    """
     out = []
-    for key in RESUME_KEYS:
+    for key in keys:
         a, b = old, new
         for k in key:
             a, b = (a or {}).get(k), (b or {}).get(k)
         if a != b:
-            out.append(f"{'.'.join(key)} {a!r} vs {b!r}")
+            out.append((".".join(key), a, b))
     return out
 
 
