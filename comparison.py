@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import signals
+import tracking
+from errors import check_args, cli
 # the comparison core lives in scoring.py (report.py uses it too); these are the names `comparison.X` offers
 from scoring import (BOOTSTRAP_SAMPLES, PER_SAMPLE_FIELDS, SEED, ComparisonError, compare,  # noqa: F401
                      last_week_move, week_blocked_bootstrap, week_sign_flip_test, write_outputs)
@@ -45,9 +47,8 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    t0 = time.time()
+def validate_args(args):
+    """Every problem with the arguments, at once."""
     problems = [f"{d}: not a folder" for d in [*args.run_dirs, *([args.reference] if args.reference else [])]
                 if not Path(d).is_dir()]
     if args.bootstrap < 100:
@@ -55,17 +56,17 @@ def main(argv=None):
     if args.cost_bps < 0 or args.top_k < 1:
         problems.append(f"--cost_bps {args.cost_bps:g} / --top_k {args.top_k}: cost must be >= 0 and k >= 1")
     if args.wandb_project:
-        import tracking
         problems += tracking.wandb_problems("--wandb_project")   # a key or WANDB_MODE=offline: never a prompt
-    if problems:
-        print("Error: " + "; ".join(problems), file=sys.stderr)
-        return 1
-    try:
-        report = compare(args.run_dirs, args.reference, args.dataset, args.split, args.bootstrap, args.seed,
-                         args.cost_bps, args.top_k)
-    except ComparisonError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    return problems
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.time()
+    check_args(validate_args(args))
+    report = compare(args.run_dirs, args.reference, args.dataset, args.split, args.bootstrap, args.seed,
+                     args.cost_bps, args.top_k)
     md, plots = write_outputs(report, args.out)
     print(md)
     if report["signal_settings"]["warning"]:
@@ -73,12 +74,7 @@ def main(argv=None):
     print(f"Compared {len(args.run_dirs)} run(s) on {report['n_ids']} shared ids ({report['weeks']} weeks) "
           f"-> {args.out}/metrics.{{json,md,csv}} + {', '.join(plots)} in {time.time() - t0:.1f}s")
     if args.wandb_project:                      # metrics table + per-sample scores -> W&B
-        import tracking
-        try:
-            tracking.log_comparison_run(args.wandb_project, args.out, args.run_dirs)
-        except tracking.TrackingError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            return 1
+        tracking.log_comparison_run(args.wandb_project, args.out, args.run_dirs)
     return 0
 
 

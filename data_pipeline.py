@@ -28,15 +28,16 @@ import pandas as pd
 from dotenv import find_dotenv, load_dotenv
 from tqdm import tqdm
 
+from errors import ForecasterError, cli
 import market_calendar
 import prompt as P
 import records
 import sources
-from dataset_io import DatasetError, format_summary, load_forecast_dataset, summarize
+from dataset_io import format_summary, load_forecast_dataset, summarize
 from indices import get_index
-from records import RecordError, first_past_sunday, format_coverage, news_coverage, record_id
+from records import first_past_sunday, format_coverage, news_coverage, record_id
 from sources import (CACHE_DIR_ENV, FINNHUB_KEY_ENV, PRICES_CSV_COLUMNS, SAMPLE_FIRST_DATE, SAMPLE_LAST_DATE,
-                     SAMPLE_TICKERS, SOURCES, SourceFatalError, open_source)
+                     SAMPLE_TICKERS, SOURCES, open_source)
 from teachers import (PRICES_PER_M_TOKENS, TEACHERS, OpenAITeacher, TeacherFatalError, estimate_cost,
                       openai_api_key)
 
@@ -63,11 +64,8 @@ SEED = records.SEED
 TICKER_SPELLING = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,14}$")   # AAPL, BRK.B, BRK-B, 7203.T
 
 
-class DataPipelineError(ValueError):
+class DataPipelineError(ForecasterError, ValueError):
     """A user mistake or an unusable input to a build: printed as one `Error:` line, exit 1."""
-
-
-EXPECTED_ERRORS = (DataPipelineError, DatasetError, RecordError, SourceFatalError)   # others are bugs: traceback
 
 
 def _date(x):
@@ -580,18 +578,15 @@ def validate_args(args):
                                 "arguments:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+@cli
 def main(argv=None):
     args = parse_args(argv)
     load_dotenv(find_dotenv(usecwd=True))     # FINNHUB_KEY, OPENAI_API_KEY from ./.env; the environment wins
-    try:
-        validate_args(args)
-        if args.check:
-            check(args.check, args.hindsight)
-        else:
-            build(args, make_source(args), make_teacher(args))
-    except EXPECTED_ERRORS as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    validate_args(args)
+    if args.check:
+        check(args.check, args.hindsight)
+    else:
+        build(args, make_source(args), make_teacher(args))
     return 0
 
 

@@ -11,6 +11,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from errors import ForecasterError
 from prompt import BIN_LABELS, SECTION_HEADERS, label_to_code, parse_answer
 
 REQUIRED_COLUMNS = ("prompt", "answer", "period", "label", "symbol")
@@ -18,7 +19,7 @@ PERIOD_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}) to (\d{4}-\d{2}-\d{2})$")
 SPLIT_ORDER = ("train", "validation", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(ForecasterError, ValueError):
     """A structural problem: the dataset cannot be used until it is fixed."""
 
 

@@ -8,18 +8,18 @@ Pairs exported in another prompt style are re-formatted into the adapter's style
 the prompt the adapter is used with at inference.
 """
 import json
-import sys
 import time
 from pathlib import Path
 
+from errors import ForecasterError
+from models import default_dtype, environment_info, load_model, process_rank, training_engine
 from prompt import PromptStyle, get_style
 
 DPO_BETA = 0.1                  # TRL's default KL strength
 
 
-def fail(message):
-    print(f"Error: {message}", file=sys.stderr)
-    sys.exit(1)
+class DPOError(ForecasterError, ValueError):
+    """A DPO stage that cannot start as asked (no pairs, no adapter): one `Error:` line."""
 
 
 def load_pairs(path):
@@ -34,12 +34,12 @@ def load_pairs(path):
         loaded = load_from_disk(str(p))
         pairs = loaded["train"] if isinstance(loaded, DatasetDict) else loaded
     else:
-        fail(f"--dpo {path}: no DPO export there (run `python hitl.py export --db DB --out DIR` and pass DIR)")
+        raise DPOError(f"--dpo {path}: no DPO export there (run `python hitl.py export --db DB --out DIR` and pass DIR)")
     missing = {"prompt", "chosen", "rejected"} - set(pairs.column_names)
     if missing:
-        fail(f"--dpo {path}: missing column(s) {', '.join(sorted(missing))}")
+        raise DPOError(f"--dpo {path}: missing column(s) {', '.join(sorted(missing))}")
     if len(pairs) == 0:
-        fail(f"--dpo {path}: holds no pairs")
+        raise DPOError(f"--dpo {path}: holds no pairs")
     return pairs
 
 
@@ -60,7 +60,7 @@ def restyle_pairs(pairs, style):
     try:
         return pairs.map(convert, remove_columns=pairs.column_names, desc="format pairs")
     except ValueError as exc:
-        fail(str(exc))
+        raise DPOError(str(exc)) from None
 
 
 def dpo_config(args, dtype):
@@ -86,22 +86,18 @@ def run_dpo(args):
     """Train args.adapter (an SFT LoRA adapter dir) on the pairs in args.dpo; write args.output_dir (rank 0)."""
     from peft import PeftModel
     from trl import DPOTrainer
-    from models import ModelError, default_dtype, environment_info, load_model, process_rank, training_engine
 
     started = time.time()
     adapter = Path(args.adapter or "")
     if not (adapter / "adapter_config.json").is_file():
-        fail(f"--adapter {args.adapter}: not a LoRA adapter folder (train one with train_lora.py first)")
+        raise DPOError(f"--adapter {args.adapter}: not a LoRA adapter folder (train one with train_lora.py first)")
     style = PromptStyle.load(adapter) if (adapter / "prompt_style.json").is_file() else None
     if style is None:
-        fail(f"--adapter {args.adapter}: no prompt_style.json beside the adapter")
+        raise DPOError(f"--adapter {args.adapter}: no prompt_style.json beside the adapter")
     pairs = restyle_pairs(load_pairs(args.dpo), style)
     base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     dtype = args.dtype or default_dtype()
-    try:
-        model, tokenizer, _ = load_model(base, dtype=dtype, cache_dir=args.cache_dir, prompt_style=style.name)
-    except ModelError as exc:
-        fail(str(exc))
+    model, tokenizer, _ = load_model(base, dtype=dtype, cache_dir=args.cache_dir, prompt_style=style.name)
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(args, dtype), train_dataset=pairs,
                          processing_class=tokenizer)

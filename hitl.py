@@ -22,7 +22,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dataset_io import DatasetError, load_forecast_dataset
+from dataset_io import load_forecast_dataset
+from errors import check_args, cli
 from hitl_export import INCLUDE_HINDSIGHT_EDITS, MIN_MEAN_RATING_FOR_SFT, export, export_problems, format_report
 from prompt import parse_answer, split_public_prompt
 from review_store import RATING_SCALE, REVIEW_FIELDS, SLOTS, HitlError, ReviewStore
@@ -343,23 +344,17 @@ def serve(args):
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
+@cli
 def main(argv=None):
     args = parse_args(argv)
-    problems = validate_args(args)
-    if problems:
-        print("Error: " + "; ".join(problems), file=sys.stderr)
-        return 1
-    try:
-        if args.command == "serve":
-            serve(args)
-        else:
-            started = time.time()
-            report = export(args.db, args.out, args.min_mean_rating, args.include_hindsight_edits, args.overwrite)
-            print(format_report(report, args.out) + f"\n  ({time.time() - started:.1f} s)")
-        return 0
-    except (HitlError, DatasetError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    check_args(validate_args(args))
+    if args.command == "serve":
+        serve(args)
+    else:
+        started = time.time()
+        report = export(args.db, args.out, args.min_mean_rating, args.include_hindsight_edits, args.overwrite)
+        print(format_report(report, args.out) + f"\n  ({time.time() - started:.1f} s)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from errors import ForecasterError
 from prompt import PROMPT_STYLES
 
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +36,7 @@ DTYPES = ("bf16", "fp16", "fp32")
 GATED_HINT = " (gated models such as Llama: accept the licence on the hub, then `hf auth login`)"
 
 
-class ModelError(ValueError):
+class ModelError(ForecasterError, ValueError):
     """A user-fixable problem with a model choice (unknown name, missing package, gated or offline weights)."""
 
 

@@ -20,13 +20,15 @@ import re
 import sys
 import threading
 
+from errors import ForecasterError
+
 TOKEN_LIMIT_NAMES = ("max_tokens", "max_completion_tokens")
 SAMPLING_NAMES = ("temperature", "top_p")
 LOGPROB_NAMES = ("logprobs", "top_logprobs")     # optional: left out together when a server rejects either
 MAX_LEARNING_ROUNDS = 5     # one per learnable parameter (token limit, temperature, top_p, logprobs), plus one
 
 
-class FatalAPIError(RuntimeError):
+class FatalAPIError(ForecasterError, RuntimeError):
     """No request to this server can succeed: stop the run (keep what was written)."""
 
 

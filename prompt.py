@@ -276,6 +276,17 @@ def split_public_prompt(prompt):
     return SYSTEM_PROMPT, prompt.strip()
 
 
+def chat_parts(row):
+    """(system, user) of a dataset row, as training and inference both template it (an empty system part
+    becomes SYSTEM_PROMPT).
+
+    >>> chat_parts({"prompt": "[INST]<<SYS>>\\n\\n<</SYS>>\\n\\nHello[/INST]"})[0] == SYSTEM_PROMPT
+    True
+    """
+    system, user = split_public_prompt(row["prompt"])
+    return system or SYSTEM_PROMPT, user
+
+
 def wrap_public_prompt(system, user):
     """The public dataset's storage form (Llama-2 markers, no spaces inside them)."""
     return f"[INST]<<SYS>>\n{system}\n<</SYS>>\n\n{user}[/INST]"

@@ -21,6 +21,7 @@ import random
 import pandas as pd
 from tqdm import tqdm
 
+from errors import ForecasterError
 import market_calendar
 import prompt as P
 from dataset_io import example_id
@@ -38,7 +39,7 @@ SEED = 0                           # drives news sampling and past-week counts o
 PROMO_PREFIXES = ("Looking for stock market analysis and research with proves results?",)  # upstream filter
 
 
-class RecordError(ValueError):
+class RecordError(ForecasterError, ValueError):
     """No record can be built from what was asked (too few weeks, no prices): one `Error:` line."""
 
 

@@ -21,6 +21,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from errors import ForecasterError, check_args, cli
 import hitl_export
 import tracking
 from report_document import Document, to_html, to_markdown
@@ -42,7 +43,7 @@ SECTION_TITLES = {1: "Hardware and environment", 2: "Dataset", 3: "Fine-tuning",
 NOT_RECORDED = "not recorded"
 
 
-class ReportError(ValueError):
+class ReportError(ForecasterError, ValueError):
     """A user mistake or unusable input: printed as one `Error:` line."""
 
 
@@ -783,29 +784,24 @@ def check_inputs(args):
     return problems, dd, build
 
 
+@cli
 def main(argv=None):
     started = time.time()
     args = parse_args(argv)
     problems, dd, build = check_inputs(args)
-    if problems:
-        print("Error: " + "; ".join(problems), file=sys.stderr)
-        return 1
+    check_args(problems)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = Document(out, SECTION_TITLES, FIGURE_DPI, EXAMPLE_CHARS)
-    try:
-        hardware_section(doc, args.train_dirs, args.runs, build, args.describe_this_machine)
-        dataset_section(doc, args.dataset, dd, build, args.tokenizer, first_model(args.train_dirs, args.runs))
-        training_section(doc, args.train_dirs)
-        metrics, comparison_dir = (load_metrics(args.comparison, args.runs, out)
-                                   if args.comparison or args.runs else (None, None))
-        contamination = evaluation_section(doc, metrics, comparison_dir, args.runs, args.train_dirs, dd, build)
-        signal_section(doc, metrics, comparison_dir)
-        hitl_section(doc, args.reviews, find_export(args.reviews, args.hitl_export) if args.reviews else None)
-        findings_section(doc, metrics, contamination)
-    except ReportError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    hardware_section(doc, args.train_dirs, args.runs, build, args.describe_this_machine)
+    dataset_section(doc, args.dataset, dd, build, args.tokenizer, first_model(args.train_dirs, args.runs))
+    training_section(doc, args.train_dirs)
+    metrics, comparison_dir = (load_metrics(args.comparison, args.runs, out)
+                               if args.comparison or args.runs else (None, None))
+    contamination = evaluation_section(doc, metrics, comparison_dir, args.runs, args.train_dirs, dd, build)
+    signal_section(doc, metrics, comparison_dir)
+    hitl_section(doc, args.reviews, find_export(args.reviews, args.hitl_export) if args.reviews else None)
+    findings_section(doc, metrics, contamination)
     (out / "report.md").write_text(to_markdown(doc, args.title))
     (out / "report.html").write_text(to_html(doc, args.title))
     print(f"{out / 'report.md'}\n{out / 'report.html'}")

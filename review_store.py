@@ -14,6 +14,8 @@ from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
+from errors import ForecasterError
+
 # ---------------------------------------------------------------------------------------------
 # The format
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +48,7 @@ CREATE TRIGGER IF NOT EXISTS history_no_delete BEFORE DELETE ON history
 """
 
 
-class HitlError(ValueError):
+class HitlError(ForecasterError, ValueError):
     """A user-fixable problem (missing run file, wrong db, test-split export): one `Error:` line."""
 
 

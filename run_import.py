@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset_io import example_id
+from errors import ForecasterError
 from prompt import BIN_LABELS, PROMPT_STYLES, bin_label, parse_answer, split_public_prompt
 from runs import differing_keys
 
@@ -67,7 +68,7 @@ _DATES_RE = re.compile(r"(\d{4}-\d{2}-\d{2})\D+(\d{4}-\d{2}-\d{2})")
 _BIN_LABEL_SET = {label.lower() for label in BIN_LABELS}
 
 
-class OutputsError(ValueError):
+class OutputsError(ForecasterError, ValueError):
     """An unusable outputs file or flag: one `Error:` line, nothing written."""
 
 

@@ -23,6 +23,7 @@ import json
 import time
 from pathlib import Path
 
+from errors import ForecasterError
 from models import resolve_model
 from prompt import PROMPT_STYLES, PromptStyle, get_style
 
@@ -33,7 +34,7 @@ RESUME_KEYS = [("model",), ("adapter",), ("prompt_style",), ("backend",), ("dtyp
                ("dataset", "split"), ("dataset", "fingerprint")]
 
 
-class RunError(ValueError):
+class RunError(ForecasterError, ValueError):
     """A run dir that cannot be read or continued; the message names the folder and what to do."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from errors import ForecasterError
 from prompt import BIN_CODES, bin_midpoint, bin_return, label_to_code
 from runs import RunError, load_run as read_run_dir
 import signals
@@ -45,7 +46,7 @@ REALISED_LABELS = "realised labels"
 THINK_BLOCK_RE = re.compile(r"<think>(.*?)</think>", re.S | re.I)
 
 
-class ComparisonError(ValueError):
+class ComparisonError(ForecasterError, ValueError):
     """A user mistake (missing run dir, nothing shared): reported as one Error line."""
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from errors import ForecasterError
 import market_calendar
 from models import CACHE_ENV as CACHE_DIR_ENV, cache_root
 
@@ -223,11 +224,11 @@ def redact(text, secrets=()):
     return text
 
 
-class SourceFatalError(RuntimeError):
+class SourceFatalError(ForecasterError, RuntimeError):
     """No call to this source can succeed (a rejected key): stop the whole build, not one ticker."""
 
 
-class FinnhubError(RuntimeError):
+class FinnhubError(ForecasterError, RuntimeError):
     """One failed Finnhub call (after retries), key removed; `status` is the HTTP status or None."""
 
     def __init__(self, message, status=None):

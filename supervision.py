@@ -7,7 +7,7 @@ import math
 import re
 
 from dataset_io import length_stats
-from prompt import SYSTEM_PROMPT, get_style, split_public_prompt
+from prompt import chat_parts, get_style
 
 OVERLONG = "trim"              # trim the oldest news weeks so instruction + answer survive; or "drop" (upstream)
 MIN_ANSWER_TOKENS = 32         # a trimmed example keeping fewer answer tokens is dropped instead
@@ -104,8 +104,7 @@ def tokenize_example(tokenizer, style, system, user, answer, max_length, overlon
 
 def row_parts(row):
     """(system, user, answer) of a dataset row; public prompts carry Llama-2 markers."""
-    system, user = split_public_prompt(row["prompt"])
-    return system or SYSTEM_PROMPT, user, row["answer"]
+    return (*chat_parts(row), row["answer"])
 
 
 class PaddingCollator:

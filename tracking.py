@@ -30,6 +30,8 @@ import time
 import zlib
 from pathlib import Path
 
+from errors import ForecasterError
+
 # ---------------------------------------------------------------------------------------------
 # Defaults
 # ---------------------------------------------------------------------------------------------
@@ -42,7 +44,7 @@ OUTPUT_CHARS = 4000                    # of each generated answer in tables (W&B
 AUDIT_EXAMPLE_LISTS = "examples"       # audit.json's per-id lists stay in the file, not in the W&B config
 
 
-class TrackingError(RuntimeError):
+class TrackingError(ForecasterError, RuntimeError):
     """W&B was asked for but cannot log (missing key, no package, init failed): one Error line."""
 
 

@@ -26,9 +26,17 @@ import time
 from pathlib import Path
 
 import tracking
+from dataset_io import DatasetError, get_split, load_forecast_dataset
+from dpo_stage import run_dpo
+from errors import ForecasterError, check_args, cli
+from generation import HFGenerator
+from memory import estimate_memory, format_estimate, format_preset_table, preset_table
+from models import (MODELS, ModelError, default_dtype, environment_info, load_model, load_tokenizer, process_rank,
+                    resolve_model, training_engine)
 from prompt import PROMPT_STYLES, get_style
-from supervision import (MIN_ANSWER_TOKENS, OVERLONG, PaddingCollator, fit_prompt, format_audit, padding_waste, row_parts,
+from supervision import (MIN_ANSWER_TOKENS, OVERLONG, PaddingCollator, format_audit, padding_waste, row_parts,
                          tokenize_split)
+from utils import score_pair, summarize_pairs
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (flags mirror these one to one)
@@ -193,9 +201,8 @@ def parse_args(argv=None):
     return args
 
 
-def fail(message):
-    print(f"Error: {message}", file=sys.stderr)
-    sys.exit(1)
+class TrainError(ForecasterError, ValueError):
+    """A training run that cannot start or go on as asked: one `Error:` line."""
 
 
 def validate_args(args):
@@ -293,12 +300,8 @@ def carve_validation(dd, weeks):
 def prepare_data(args):
     """Train and validation rows (lists of dicts). The test split is never read.
     (Later: human-in-the-loop corrections are mixed into the train rows here.)"""
-    from dataset_io import DatasetError, get_split, load_forecast_dataset
-    try:
-        dd = load_forecast_dataset(args.dataset, from_remote=args.from_remote, cache_dir=args.cache_dir)
-        get_split(dd, "train", args.dataset)
-    except DatasetError as exc:
-        fail(str(exc))
+    dd = load_forecast_dataset(args.dataset, from_remote=args.from_remote, cache_dir=args.cache_dir)
+    get_split(dd, "train", args.dataset)
     note = None
     if "validation" not in dd and args.evaluation_strategy != "no":
         dd, note = carve_validation(dd, args.validation_weeks)
@@ -319,13 +322,12 @@ def prepare_data(args):
 def hitl_rows(path, validation_ids):
     """SFT rows of a hitl.py export (DIR/sft or DIR). Corrections of validation examples are allowed (that
     is where reviews happen) but then that example's validation loss is no longer an honest measure: say so."""
-    from dataset_io import DatasetError, load_forecast_dataset
     folder = Path(path) / "sft" if (Path(path) / "sft").is_dir() else Path(path)
     try:
         rows = load_forecast_dataset(folder)["train"].select_columns(
             ["id", "prompt", "answer", "period", "label", "symbol"]).to_list()
     except (DatasetError, KeyError) as exc:
-        fail(f"--hitl_data {path}: {exc}")
+        raise TrainError(f"--hitl_data {path}: {exc}")
     overlap = [r["id"] for r in rows if r["id"] in validation_ids]
     if overlap:
         print(f"note: {len(overlap)} HITL corrections are validation examples (e.g. {overlap[0]}); validation "
@@ -355,13 +357,9 @@ def build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_na
 def build_model(args, spec):
     """Base model + LoRA (peft). Adapter config records the registry name / hub id as the base."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from models import MODELS, ModelError, load_model
-    try:
-        model, tokenizer, spec = load_model(args.base_model, dtype=args.dtype, load_in_8bit=args.load_in_8bit,
-                                            load_in_4bit=args.load_in_4bit, cache_dir=args.cache_dir,
-                                            prompt_style=args.prompt_style)
-    except ModelError as exc:
-        fail(str(exc))
+    model, tokenizer, spec = load_model(args.base_model, dtype=args.dtype, load_in_8bit=args.load_in_8bit,
+                                        load_in_4bit=args.load_in_4bit, cache_dir=args.cache_dir,
+                                        prompt_style=args.prompt_style)
     if args.load_in_8bit or args.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     model.config.use_cache = False              # no KV cache while training (and required with checkpointing)
@@ -379,17 +377,17 @@ def target_modules(args, spec):
 
 
 class GenerationEvalCallback:
-    """At each evaluation, greedy-generate answers for N validation prompts (batched, left padding) and
-    log binary accuracy, MSE and format-failure rate (utils.calc_metrics) as eval_* metrics, so
-    --keep_best can select the checkpoint by validation accuracy. Never sees the test split.
+    """At each evaluation, generate answers for N validation rows with generation.HFGenerator (the generator,
+    prompt trimming, stop rule and greedy settings inference.py uses, so the same checkpoint gives the same
+    texts there) and log binary accuracy, MSE and format-failure rate (utils.calc_metrics) as eval_* metrics,
+    so --keep_best can select the checkpoint by validation accuracy. Never sees the test split.
     Each evaluation's generations (id, prompt excerpt, output, parsed direction, truth) are kept in
     `last_generations` (the W&B table) and saved to <output_dir>/eval_generations/step-N.jsonl."""
 
-    def __init__(self, tokenizer, style, rows, max_length, max_new_tokens=EVAL_MAX_NEW_TOKENS, batch_size=8):
+    def __init__(self, tokenizer, style, rows, max_new_tokens=EVAL_MAX_NEW_TOKENS, batch_size=8):
         self.tokenizer, self.style = tokenizer, get_style(style)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        budget = max(16, max_length - max_new_tokens)
-        self.prompts = [fit_prompt(tokenizer, self.style, *row_parts(r)[:2], budget)[0] for r in rows]
+        self.rows = rows
         self.references = [r["answer"] for r in rows]
         self.labels = [r["label"] for r in rows]
         self.ids = [r.get("id") for r in rows]
@@ -399,38 +397,11 @@ class GenerationEvalCallback:
         self.last_generations = []
 
     def generate(self, model):
-        import torch
-        outputs = []
-        pad = self.tokenizer.pad_token_id
-        eos = [self.tokenizer.eos_token_id]
-        marker = self.style.end_of_answer.format(eos=self.tokenizer.eos_token)
-        marker_ids = self.tokenizer(marker, add_special_tokens=False)["input_ids"]
-        if len(marker_ids) == 1 and marker_ids[0] not in eos:
-            eos.append(marker_ids[0])
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        order = sorted(range(len(self.prompts)), key=lambda k: len(self.prompts[k]))
-        texts = [None] * len(self.prompts)
-        with torch.no_grad():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                longest = max(len(self.prompts[k]) for k in idx)
-                ids = torch.tensor([[pad] * (longest - len(self.prompts[k])) + self.prompts[k] for k in idx],
-                                   device=device)
-                mask = torch.tensor([[0] * (longest - len(self.prompts[k])) + [1] * len(self.prompts[k])
-                                     for k in idx], device=device)
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                     do_sample=False, pad_token_id=pad, eos_token_id=eos, use_cache=True)
-                for row, k in zip(out[:, longest:], idx):
-                    texts[k] = self.tokenizer.decode(row, skip_special_tokens=True)
-        if was_training:
-            model.train()
-        outputs.extend(texts)
-        return outputs
+        """One answer per row, in row order (batched as inference.py --batch_size batch_size batches them)."""
+        generator = HFGenerator(model, self.tokenizer, self.style, self.max_new_tokens, p_up=False)
+        return [result[0] for result in generator.generate_all(self.rows, self.batch_size)]
 
     def task_metrics(self, model):
-        from utils import score_pair, summarize_pairs
         answers = self.generate(model)
         pairs = [score_pair(a, g, label) for a, g, label in zip(answers, self.references, self.labels)]
         m = summarize_pairs(pairs)              # = utils.calc_metrics, keeping the per-answer records
@@ -504,8 +475,8 @@ def build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_row
     callbacks = []
     generator = None
     if args.eval_generate > 0 and val_rows and args.evaluation_strategy != "no":
-        generator = GenerationEvalCallback(tokenizer, style, val_rows[:args.eval_generate], args.max_length,
-                                           args.eval_max_new_tokens, batch_size=max(1, args.batch_size * 4))
+        generator = GenerationEvalCallback(tokenizer, style, val_rows[:args.eval_generate], args.eval_max_new_tokens,
+                                           batch_size=eval_batch_size(args))
         callbacks.append(_as_trainer_callback(generator))
     callbacks += tracking.training_callbacks(args, generator)   # W&B: throughput, peak memory, generations table
     trainer = Trainer(model=model, args=training_arguments(args, dtype), train_dataset=train_ds,
@@ -516,6 +487,11 @@ def build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_row
     if generator is not None:
         generator.trainer = trainer
     return trainer, generator
+
+
+def eval_batch_size(args):
+    """Prompts per generate call in the eval callback: 4 micro-batches (no gradients, so it fits)."""
+    return max(1, args.batch_size * 4)
 
 
 def _as_trainer_callback(obj):
@@ -543,7 +519,7 @@ def resolve_checkpoint(args):
     from transformers.trainer_utils import get_last_checkpoint
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last is None:
-        fail(f"--resume_from_checkpoint last: no checkpoint-* folder in {args.output_dir}")
+        raise TrainError(f"--resume_from_checkpoint last: no checkpoint-* folder in {args.output_dir}")
     return last
 
 
@@ -553,7 +529,6 @@ def save_json(path, data):
 
 def save_audit(args, audit):
     """audit.json before training, so a run that crashes still shows what it trained on (rank 0 only)."""
-    from models import process_rank
     if process_rank() == 0:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         save_json(Path(args.output_dir) / "audit.json", audit)
@@ -563,7 +538,6 @@ def merge_adapter(args, out):
     """Base (full precision, not quantized) + adapter -> merged model in out/merged.
     Rank 0 only: the other ranks would load a second base model for nothing and write the same files."""
     from peft import PeftModel
-    from models import load_model, process_rank
     if process_rank() != 0:
         return None
     base, tokenizer, _ = load_model(args.base_model, dtype=args.dtype if args.dtype != "fp32" else None,
@@ -582,7 +556,6 @@ def merge_adapter(args, out):
 # ---------------------------------------------------------------------------------------------
 def dry_run_tokenizer(spec, cache_dir):
     """The model's tokenizer if available offline, else the embedded one as a stand-in (one line)."""
-    from models import ModelError, load_tokenizer
     try:
         if not spec.is_embedded:
             from transformers import AutoTokenizer
@@ -594,99 +567,8 @@ def dry_run_tokenizer(spec, cache_dir):
         return load_tokenizer("smollm2-135m", cache_dir), f"smollm2-135m (stand-in for {spec.hub_id})"
 
 
-def main(argv=None):
-    started = time.time()
-    args = parse_args(argv)
-    args.report_to, report_note = tracking.resolve_report_to(args.report_to)   # auto -> tensorboard[,wandb]
-    problems = validate_args(args)
-    if problems:
-        fail("; ".join(problems))
-    if report_note and tracking.is_main_process():
-        print(f"note: {report_note}")
-    if args.dpo:
-        from dpo_stage import run_dpo
-        return run_dpo(args)
-    from models import ModelError, default_dtype, resolve_model
-    try:
-        spec = resolve_model(args.base_model, args.prompt_style)
-    except ModelError as exc:
-        fail(str(exc))
-    style = get_style(spec.prompt_style)
-    dtype = args.dtype or default_dtype()
-    train_rows, val_rows, note = prepare_data(args)
-    if note:
-        print(f"note: {note}")
-    if args.evaluation_strategy != "no" and not val_rows:
-        fail("no validation examples: pass a dataset with a validation split, --validation_weeks N, or "
-             "--evaluation_strategy no")
-    if args.dry_run:
-        tokenizer, tokenizer_name = dry_run_tokenizer(spec, args.cache_dir)
-    else:
-        from models import load_tokenizer
-        try:
-            tokenizer, tokenizer_name = load_tokenizer(spec, args.cache_dir), spec.name
-        except ModelError as exc:
-            fail(str(exc))
-    train_feats, val_feats, audit = build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_name)
-    print(format_audit(audit))
-    if not train_feats:
-        fail(f"every training example was dropped (see the audit); raise --max_length ({args.max_length})")
-    if args.evaluation_strategy != "no" and not val_feats:
-        fail(f"every validation example was dropped (see the audit); raise --max_length ({args.max_length}) "
-             "or pass --evaluation_strategy no")
-    from memory import estimate_memory, format_estimate, format_preset_table, preset_table
-    memory = None
-    if spec.arch_config and "hidden_size" in spec.arch_config:
-        # at --max_length, not this dataset's longest example: a batch of the longest must fit, whatever the data
-        memory = estimate_memory(spec.arch_config, dtype, args.lora_r, target_modules(args, spec),
-                                 args.batch_size, args.max_length, args.gradient_checkpointing,
-                                 args.load_in_8bit, args.load_in_4bit, args.lora_dropout)
-    resolved = {"args": vars(args), "model": spec.to_dict(), "dtype": dtype, "prompt_style": style.name,
-                "scheduler": scheduler_name(args), "memory_estimate": memory}
-    if args.dry_run:
-        print("Resolved configuration:\n" + json.dumps({k: v for k, v in resolved.items() if k != "model"} |
-                                                        {"model": {k: v for k, v in spec.to_dict().items()
-                                                                   if k != "arch_config"}}, indent=2, default=str))
-        if memory:
-            print(f"GPU memory estimate for {spec.name} at {args.max_length} tokens x micro-batch {args.batch_size}: "
-                  + format_estimate(memory, getattr(args, "gpu_memory_gib", None)))
-        from models import MODELS
-        targets = {k: MODELS[k] for k in TARGET_MODELS}
-        print(f"Memory verdict per GPU preset (LoRA r={args.lora_r}; README 'Memory estimate'):\n"
-              + format_preset_table(preset_table(PRESETS, targets, args.lora_r, lora_dropout=args.lora_dropout)))
-        print("dry run: nothing trained")
-        return resolved
-
-    out = Path(args.output_dir)
-    save_audit(args, audit)
-    try:
-        tracking.start_training_run(args, resolved, audit)      # W&B run (if among --report_to), before the Trainer
-    except tracking.TrackingError as exc:
-        fail(str(exc))
-    model, tokenizer, spec = build_model(args, spec)
-    model.print_trainable_parameters()
-    trainer, generator = build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_rows, dtype)
-    train_started = time.time()
-    result = trainer.train(resume_from_checkpoint=resolve_checkpoint(args))
-    train_wall = time.time() - train_started
-    outputs = save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_wall, generator)
-    if args.merge:
-        merged = merge_adapter(args, out)
-        outputs["merged"] = str(merged) if merged else None
-    tracking.finish_training_run(args, outputs)                 # totals, --wandb_log_model artifact, wandb_run.json
-    total = time.time() - started
-    engine = outputs["timing"]["engine"]
-    from models import process_rank
-    if process_rank() == 0:
-        print(f"adapter written to {out} in {total / 60:.1f} min: {result.global_step} steps, final train loss "
-              f"{result.training_loss:.4f}, {outputs['timing']['train_tokens_per_s']:.0f} tokens/s "
-              f"({engine['distributed_type']}, {engine['world_size']} rank(s))")
-    return outputs
-
-
 def save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_wall, generator):
     """Adapter, tokenizer and run files, written by rank 0 only (every rank would write the same paths)."""
-    from models import environment_info, process_rank, training_engine
     out = Path(args.output_dir)
     writer = process_rank() == 0
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
@@ -708,5 +590,106 @@ def save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_
     return {"output_dir": str(out), "timing": timing}
 
 
+
+def resolve(args, spec, style, dtype):
+    """The run's resolved configuration (args.json), with the GPU memory estimate at --max_length (not at
+    this dataset's longest example: a batch of the longest must fit, whatever the data)."""
+    memory = None
+    if spec.arch_config and "hidden_size" in spec.arch_config:
+        memory = estimate_memory(spec.arch_config, dtype, args.lora_r, target_modules(args, spec),
+                                 args.batch_size, args.max_length, args.gradient_checkpointing,
+                                 args.load_in_8bit, args.load_in_4bit, args.lora_dropout)
+    return {"args": vars(args), "model": spec.to_dict(), "dtype": dtype, "prompt_style": style.name,
+            "scheduler": scheduler_name(args), "memory_estimate": memory}
+
+
+def dry_run(args, spec, resolved):
+    """--dry_run: print the resolved configuration, the memory estimate and the per-preset verdicts; train
+    nothing. Returns the resolved configuration."""
+    print("Resolved configuration:\n" + json.dumps({k: v for k, v in resolved.items() if k != "model"} |
+                                                    {"model": {k: v for k, v in spec.to_dict().items()
+                                                               if k != "arch_config"}}, indent=2, default=str))
+    memory = resolved["memory_estimate"]
+    if memory:
+        print(f"GPU memory estimate for {spec.name} at {args.max_length} tokens x micro-batch {args.batch_size}: "
+              + format_estimate(memory, getattr(args, "gpu_memory_gib", None)))
+    targets = {k: MODELS[k] for k in TARGET_MODELS}
+    print(f"Memory verdict per GPU preset (LoRA r={args.lora_r}; README 'Memory estimate'):\n"
+          + format_preset_table(preset_table(PRESETS, targets, args.lora_r, lora_dropout=args.lora_dropout)))
+    print("dry run: nothing trained")
+    return resolved
+
+
+def train(args, spec, style, dtype, train_feats, val_feats, val_rows, audit, resolved, started):
+    """Build the model and Trainer, train, save; returns {"output_dir", "timing"[, "merged"]}."""
+    out = Path(args.output_dir)
+    save_audit(args, audit)
+    tracking.start_training_run(args, resolved, audit)          # W&B run (if among --report_to), before the Trainer
+    model, tokenizer, spec = build_model(args, spec)
+    model.print_trainable_parameters()
+    trainer, generator = build_trainer(args, model, tokenizer, style, train_feats, val_feats, val_rows, dtype)
+    train_started = time.time()
+    result = trainer.train(resume_from_checkpoint=resolve_checkpoint(args))
+    train_wall = time.time() - train_started
+    outputs = save_outputs(args, trainer, tokenizer, style, spec, resolved, result, train_wall, generator)
+    if args.merge:
+        merged = merge_adapter(args, out)
+        outputs["merged"] = str(merged) if merged else None
+    tracking.finish_training_run(args, outputs)                 # totals, --wandb_log_model artifact, wandb_run.json
+    engine = outputs["timing"]["engine"]
+    if process_rank() == 0:
+        print(f"adapter written to {out} in {(time.time() - started) / 60:.1f} min: {result.global_step} steps, "
+              f"final train loss {result.training_loss:.4f}, {outputs['timing']['train_tokens_per_s']:.0f} tokens/s "
+              f"({engine['distributed_type']}, {engine['world_size']} rank(s))")
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def run(argv=None):
+    """Parse, check, audit the supervision, then train (or dry-run, or run the DPO stage). Returns what the
+    stage returns (outputs / the resolved configuration); raises a ForecasterError on a user mistake."""
+    started = time.time()
+    args = parse_args(argv)
+    args.report_to, report_note = tracking.resolve_report_to(args.report_to)   # auto -> tensorboard[,wandb]
+    check_args(validate_args(args))
+    if report_note and tracking.is_main_process():
+        print(f"note: {report_note}")
+    if args.dpo:
+        return run_dpo(args)
+    spec = resolve_model(args.base_model, args.prompt_style)
+    style = get_style(spec.prompt_style)
+    dtype = args.dtype or default_dtype()
+    train_rows, val_rows, note = prepare_data(args)
+    if note:
+        print(f"note: {note}")
+    if args.evaluation_strategy != "no" and not val_rows:
+        raise TrainError("no validation examples: pass a dataset with a validation split, --validation_weeks N, "
+                         "or --evaluation_strategy no")
+    if args.dry_run:
+        tokenizer, tokenizer_name = dry_run_tokenizer(spec, args.cache_dir)
+    else:
+        tokenizer, tokenizer_name = load_tokenizer(spec, args.cache_dir), spec.name
+    train_feats, val_feats, audit = build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_name)
+    print(format_audit(audit))
+    if not train_feats:
+        raise TrainError(f"every training example was dropped (see the audit); raise --max_length "
+                         f"({args.max_length})")
+    if args.evaluation_strategy != "no" and not val_feats:
+        raise TrainError(f"every validation example was dropped (see the audit); raise --max_length "
+                         f"({args.max_length}) or pass --evaluation_strategy no")
+    resolved = resolve(args, spec, style, dtype)
+    if args.dry_run:
+        return dry_run(args, spec, resolved)
+    return train(args, spec, style, dtype, train_feats, val_feats, val_rows, audit, resolved, started)
+
+
+@cli
+def main(argv=None):
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -43,7 +43,7 @@ def cpu_bench(args):
     import torch
     import models
     from dataset_io import DatasetError, get_split, load_forecast_dataset
-    from inference import HFGenerator, plan_batches
+    from generation import HFGenerator, plan_batches
     from prompt import get_style
     from tqdm import tqdm
     if args.threads:
@@ -84,7 +84,7 @@ def probs_bench(args):
     import torch
     import models
     from dataset_io import DatasetError, get_split, load_forecast_dataset
-    from inference import HFGenerator, plan_batches
+    from generation import HFGenerator, plan_batches
     from runs import style_for
     if args.threads:
         torch.set_num_threads(args.threads)

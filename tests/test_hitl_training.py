@@ -28,7 +28,7 @@ def export_and_sft(tmp_path_factory, embedded_model_dir):
            edit_A=answer("Down by 0-1%", positive="Corrected: weak demand."))
     assert hitl.main(["export", "--db", str(root / "reviews.sqlite"), "--out", str(root / "export")]) == 0
     sft = root / "sft-adapter"
-    result = train_lora.main(["--dataset", str(data), "--output_dir", str(sft), "--max_steps", "1",
+    result = train_lora.run(["--dataset", str(data), "--output_dir", str(sft), "--max_steps", "1",
                               "--hitl_data", str(root / "export"), "--hitl_weight", "3"] + TINY)
     return root, data, sft, result
 
@@ -47,7 +47,7 @@ def test_dpo_stage_changes_the_sft_adapter_and_keeps_its_style_and_base(export_a
     root, data, sft, _ = export_and_sft
     out = root / "dpo-adapter"
     # with gradient checkpointing (non-reentrant): the LoRA layers must still get gradients
-    result = train_lora.main(["--dpo", str(root / "export"), "--adapter", str(sft), "--output_dir", str(out),
+    result = train_lora.run(["--dpo", str(root / "export"), "--adapter", str(sft), "--output_dir", str(out),
                               "--max_steps", "2", "--dataset", str(data), "--gradient_checkpointing"] + TINY)
     assert result["pairs"] >= 1 and result["global_step"] == 2
     before = load_file(str(sft / "adapter_model.safetensors"))
@@ -73,6 +73,5 @@ def test_dpo_stage_uses_the_deepspeed_config_and_non_reentrant_checkpointing_lik
 
 
 def test_dpo_without_an_adapter_or_with_an_empty_export_is_one_error(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        train_lora.main(["--dpo", str(tmp_path)])
+    assert train_lora.main(["--dpo", str(tmp_path)]) == 1
     assert "--dpo needs --adapter" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import generation  # noqa: E402
 import inference  # noqa: E402
 from prompt import SYSTEM_PROMPT, get_style, wrap_public_prompt  # noqa: E402
 
@@ -278,7 +279,7 @@ def test_user_mistakes_are_reported_in_one_error_line(tmp_path, capsys):
 
 def test_batches_are_length_sorted_longest_first():
     rows = [{"id": i} for i in range(5)]
-    batches = inference.plan_batches(rows, 2, lengths=[3, 9, 1, 7, 5])
+    batches = generation.plan_batches(rows, 2, lengths=[3, 9, 1, 7, 5])
     assert [[r["id"] for r in b] for b in batches] == [[1, 3], [4, 0], [2]]
 
 
@@ -301,14 +302,15 @@ def embedded_fp32(embedded_model_dir):      # conftest: the GGUF converted once 
 
 def test_batched_greedy_gives_the_same_text_as_one_at_a_time_in_fp32(embedded_fp32):
     model, tokenizer, spec = embedded_fp32
-    gen = inference.HFGenerator(model, tokenizer, get_style(spec.prompt_style), max_new_tokens=16)
+    gen = generation.HFGenerator(model, tokenizer, get_style(spec.prompt_style), max_new_tokens=16)
     rows = [{"prompt": make_prompt(s, weeks)} for s, weeks in zip(SYMBOLS, (1, 3, 2, 4))]
     batched = gen.generate(rows)
     one_by_one = [gen.generate([r])[0] for r in rows]
     assert [b[0] for b in batched] == [o[0] for o in one_by_one]
     assert [b[1:] for b in batched] == [o[1:] for o in one_by_one]
     assert all(b[0] for b in batched)
-    assert tokenizer.padding_side == "left"
+    mask = gen._encode(rows)["attention_mask"]           # left padding: every prompt ends at the last column
+    assert bool(mask[:, -1].all()) and not bool(mask[:, 0].all())
 
 
 def test_hf_run_writes_a_run_dir_comparison_can_read(embedded_fp32, dataset, tmp_path):

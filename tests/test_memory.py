@@ -275,7 +275,7 @@ def test_gpu_check_dry_mode_prints_the_estimates_first_and_fits_its_window(tmp_p
 def test_dry_run_prints_the_verdict_and_the_per_preset_table(tiny_forecast_dataset, embedded_model_dir, capsys):
     import train_lora
     common = ["--dataset", str(tiny_forecast_dataset), "--dry_run", "--base_model", "llama3.1-8b"]
-    resolved = train_lora.main(common + ["--preset", "colab-t4"])
+    resolved = train_lora.run(common + ["--preset", "colab-t4"])
     out = capsys.readouterr().out
     # computed at --max_length (2048 from the preset), not at the tiny dataset's longest example
     assert resolved["memory_estimate"]["tokens"] == 2048 and 13 <= resolved["memory_estimate"]["total_gib"] <= 15
@@ -287,5 +287,5 @@ def test_dry_run_prints_the_verdict_and_the_per_preset_table(tiny_forecast_datas
         for model in train_lora.TARGET_MODELS:
             assert any(f"| {preset} |" in row and f"| {model} |" in row for row in rows), (preset, model)
     # an explicit flag wins over the preset, and the verdict follows it
-    train_lora.main(common + ["--preset", "colab-t4", "--max_length", "4096"])
+    train_lora.run(common + ["--preset", "colab-t4", "--max_length", "4096"])
     assert "-> does not fit in 15.0 GiB (short by" in capsys.readouterr().out

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import direction_probs  # noqa: E402
+import generation  # noqa: E402
 import inference  # noqa: E402
 from prompt import BIN_CODES, get_style, wrap_public_prompt  # noqa: E402
 
@@ -45,14 +46,14 @@ def forward_logprobs(model, tokenizer, text_ids):
 def test_p_up_from_the_processor_equals_a_separate_forward_pass(fp32_model):
     import torch
     model, tokenizer, style = fp32_model
-    gen = inference.HFGenerator(model, tokenizer, style, max_new_tokens=6, bin_probs=True)
+    gen = generation.HFGenerator(model, tokenizer, style, max_new_tokens=6, bin_probs=True)
     rows = echo_rows()
     results = gen.generate(rows)                      # a batch of 2 prompts of different lengths: left padding
     probe = direction_probs.DirectionProbe(tokenizer)
     checked = 0
     for row, res in zip(rows, results):
         assert "Prediction: Up" in res[0] or "Prediction: Down" in res[0], res[0]
-        prompt_ids = tokenizer(gen.prompt_text(row))["input_ids"]
+        prompt_ids = gen.prompt_ids(row)
         new_ids = tokenizer(res[0], add_special_tokens=False)["input_ids"]
         step = direction_probs.direction_step(tokenizer, new_ids, res[0])
         assert probe.is_direction_token(new_ids[step])
@@ -82,7 +83,7 @@ def test_p_up_from_the_processor_equals_a_separate_forward_pass(fp32_model):
 
 def test_a_run_without_a_prediction_line_has_no_p_up(fp32_model):
     model, tokenizer, style = fp32_model
-    gen = inference.HFGenerator(model, tokenizer, style, max_new_tokens=2)
+    gen = generation.HFGenerator(model, tokenizer, style, max_new_tokens=2)
     res = gen.generate(echo_rows()[:1])[0]
     assert "p_up" in res.extra and res.extra["p_up"] is None        # 2 tokens: no direction word yet
 

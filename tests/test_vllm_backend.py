@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import generation
 import inference
 import models
 from prompt import get_style, split_public_prompt
@@ -109,7 +110,7 @@ def test_vllm_backend_sizes_the_engine_to_the_prompts_and_the_adapter(vllm_stub,
     assert engine["gpu_memory_utilization"] == 0.75
     assert vllm_stub.sampling == [{"temperature": 0.0, "top_p": 1.0, "max_tokens": 40,
                                    "stop": list(get_style("chatml").stop_strings) or None,
-                                   "logprobs": inference.TOP_LOGPROBS}]
+                                   "repetition_penalty": 1.0, "logprobs": inference.TOP_LOGPROBS}]
     assert vllm_stub.lora == [("adapter", 1, str(adapter))]
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == len(vllm_stub.prompts) == 4
@@ -162,7 +163,7 @@ def test_vllm_backend_without_adapter_enables_no_lora(vllm_stub, tmp_path, tiny_
 @pytest.mark.parametrize("r, rank", [(1, 8), (8, 8), (16, 16), (64, 64), (65, 128), (256, 256), (300, 320),
                                      (512, 512)])
 def test_lora_rank_is_rounded_up_to_a_rank_vllm_accepts(r, rank):
-    assert inference.vllm_lora_rank(r) == rank
+    assert generation.vllm_lora_rank(r) == rank
 
 
 def test_lora_rank_above_vllms_largest_is_one_error_line(vllm_stub, tmp_path, tiny_forecast_dataset,
