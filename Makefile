@@ -122,9 +122,9 @@ MUTATE_TESTS_records := tests/test_data_pipeline.py tests/test_promise_edges.py 
 	tests/test_promises.py::test_with_midweek_cutoffs_no_label_uses_prices_past_the_next_splits_start \
 	tests/test_promises.py::test_the_weeks_straddling_each_cutoff_are_embargoed_and_counted
 
-MUTATE_runs := $(call mutate_fns,runs,read_predictions read_done resume_conflicts) \
-	runs.xǁRunWriterǁ__init____mutmut_* runs.xǁRunWriterǁwrite__mutmut_*
-MUTATE_TESTS_runs = tests/test_runs.py $(MUTATE_TESTS_inference)
+MUTATE_runs := $(call mutate_fns,runs,read_predictions read_done resume_conflicts differing_keys) \
+	$(foreach m,__init__ write __exit__,runs.xǁRunWriterǁ$(m)__mutmut_*)
+MUTATE_TESTS_runs = tests/test_runs.py tests/test_mutation_runs.py $(MUTATE_TESTS_inference)
 
 MUTATE_inference := $(call mutate_fns,inference,run_dataset)
 MUTATE_TESTS_inference := tests/test_promise_edges.py $(addprefix tests/test_inference.py::test_,\

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import signals
 import tracking
+from clustered_stats import BOOTSTRAP_SAMPLES, SEED
+from comparison_files import write_outputs
 from errors import check_args, cli
-# the comparison core lives in scoring.py (report.py uses it too); these are the names `comparison.X` offers
-from scoring import (BOOTSTRAP_SAMPLES, PER_SAMPLE_FIELDS, SEED, ComparisonError, compare,  # noqa: F401
-                     last_week_move, week_blocked_bootstrap, week_sign_flip_test, write_outputs)
+# the comparison core lives in scoring.py, its files in comparison_files.py (report.py uses both)
+from scoring import PER_SAMPLE_FIELDS, compare  # noqa: F401 - tests/test_run_import.py reads comparison.PER_SAMPLE_FIELDS
 
 
 def parse_args(argv=None):
@@ -65,9 +66,9 @@ def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     check_args(validate_args(args))
-    report = compare(args.run_dirs, args.reference, args.dataset, args.split, args.bootstrap, args.seed,
-                     args.cost_bps, args.top_k)
-    md, plots = write_outputs(report, args.out)
+    report, details = compare(args.run_dirs, args.reference, args.dataset, args.split, args.bootstrap, args.seed,
+                              args.cost_bps, args.top_k)
+    md, plots = write_outputs(report, details, args.out)
     print(md)
     if report["signal_settings"]["warning"]:
         print(f"Warning: {report['signal_settings']['warning']}")

@@ -35,6 +35,7 @@ import records
 import sources
 from dataset_io import format_summary, load_forecast_dataset, summarize
 from indices import get_index
+from models import package_versions
 from records import first_past_sunday, format_coverage, news_coverage, record_id
 from sources import (CACHE_DIR_ENV, FINNHUB_KEY_ENV, PRICES_CSV_COLUMNS, SAMPLE_FIRST_DATE, SAMPLE_LAST_DATE,
                      SAMPLE_TICKERS, SOURCES, open_source)
@@ -60,6 +61,7 @@ FINNHUB_CALLS_PER_MINUTE = sources.FINNHUB_CALLS_PER_MINUTE   # 55: the free pla
 LIVE_WEEKS = market_calendar.DEFAULT_WEEKS   # live default range: the last 52 completed weeks
 TEACHER_RETRIES = 2
 TEACHER_CONCURRENCY = 8
+DATA_PACKAGES = ("datasets", "pandas", "openai", "finnhub-python", "yfinance")   # versions recorded in build.json
 SEED = records.SEED
 TICKER_SPELLING = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,14}$")   # AAPL, BRK.B, BRK-B, 7203.T
 
@@ -171,17 +173,6 @@ def label_with_teacher(requests, teacher, journal_path, retries=TEACHER_RETRIES,
 # ---------------------------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------------------------
-def _versions():
-    import importlib.metadata as md
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("datasets", "pandas", "openai", "finnhub-python", "yfinance"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def save_dataset(rows_by_split, out, description):
     from datasets import Dataset, DatasetDict, DatasetInfo
     from datasets.utils.logging import disable_progress_bar
@@ -228,7 +219,7 @@ def build(args, source, teacher):
         max_past_weeks=args.max_past_weeks, max_news_per_week=args.max_news_per_week,
         lag_days=args.financials_lag_days, lag_days_q4=args.financials_lag_days_q4, seed=args.seed)
     for sym, err in errors.items():
-        print(f"Error: {sym}: skipped ({err})", file=sys.stderr)
+        print(f"Warning: {sym}: skipped ({err})", file=sys.stderr)   # the build goes on without it
     if not built:
         raise DataPipelineError("no prompts could be built: " + (
             "; ".join(f"{k}: {v}" for k, v in errors.items()) or "no weeks in --start/--end"))
@@ -277,7 +268,7 @@ def build(args, source, teacher):
                    "rule": "a week is labelled only when every session before its end Sunday closed "
                            f"{market_calendar.PRICE_SETTLE_MINUTES}+ minutes before the build"},
         "source_stats": source_stats,
-        "wall_time_s": round(time.time() - started, 2), "versions": _versions(),
+        "wall_time_s": round(time.time() - started, 2), "versions": {"python": sys.version.split()[0], **package_versions(DATA_PACKAGES)},
         "description": description,
     }
     (out / "build.json").write_text(json.dumps(manifest, indent=2))

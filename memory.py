@@ -22,6 +22,36 @@ import math
 
 from models import count_parameters, lora_parameters
 
+# Hardware presets. gpu_memory_gib = the card's memory as torch.cuda reports it (nvidia-smi MiB / 1024); the
+# dry run compares memory.estimate_memory with it (README "Memory estimate" has the per-model verdicts).
+PRESETS = {
+    # T4 (15.0 GiB, no bf16 -> fp16): an 8B model fits only as 4-bit QLoRA + checkpointing at 2048 tokens
+    # (~13.5-13.8 GiB); at 4096 the fp32 logits alone would take 5.9 GiB more
+    "colab-t4": dict(load_in_4bit=True, dtype="fp16", gradient_checkpointing=True, max_length=2048,
+                     batch_size=1, gradient_accumulation_steps=16, gpu_memory_gib=15.0),
+    # L4 ("24 GB" = 22.5 GiB, bf16): bf16 weights (15 GiB) + 4k-token logits (5.9 GiB) + reserve leave no
+    # margin, so 4-bit QLoRA + checkpointing keeps upstream's 4096 tokens with ~4.5 GiB to spare
+    "l4-24g": dict(load_in_4bit=True, dtype="bf16", gradient_checkpointing=True, max_length=4096,
+                   batch_size=1, gradient_accumulation_steps=16, gpu_memory_gib=22.5),
+    # A100-40GB: 8B bf16 weights (15 GiB) + 2 x 4k tokens need checkpointing (~30-31 GiB)
+    "a100-40g": dict(dtype="bf16", gradient_checkpointing=True, max_length=4096, batch_size=2,
+                     gradient_accumulation_steps=8, gpu_memory_gib=40.0),
+    # H100 80GB (79.6 GiB): holds 4k-token activations without checkpointing (~53 GiB; about 1/3 faster)
+    "h100-80g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=1,
+                     gradient_accumulation_steps=16, gpu_memory_gib=79.6),
+    # A100-80GB: the same memory and bf16 as the H100, so the same settings (its own entry so a runtime
+    # check can name the card); upstream users ran 8-bit there, which bf16 LoRA does not need (~53 GiB)
+    "a100-80g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=1,
+                     gradient_accumulation_steps=16, gpu_memory_gib=80.0),
+    # H200 (140.4 GiB): two 4k-token examples per micro-batch without checkpointing (~96 GiB)
+    "h200-141g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=2,
+                      gradient_accumulation_steps=8, gpu_memory_gib=140.4),
+    # the embedded model on a laptop/CI CPU
+    "cpu": dict(max_length=1024, batch_size=1, gradient_accumulation_steps=4, eval_steps=10, save_steps=10),
+}
+TARGET_MODELS = ("llama3.1-8b", "deepseek-r1-distill-llama-8b", "qwen2.5-7b-instruct")   # the dry run's verdict table
+
+
 # ---------------------------------------------------------------------------------------------
 # Constants (each a decision or a library fact; see the README "Memory estimate" section)
 # ---------------------------------------------------------------------------------------------

@@ -495,6 +495,23 @@ def training_engine(trainer):
     return record
 
 
+def package_versions(packages):
+    """{package: installed version, or None when it is not installed}, read from the package metadata
+    without importing the packages (the data pipeline records its versions without loading torch).
+
+    >>> package_versions(["no-such-package-here"])
+    {'no-such-package-here': None}
+    """
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for package in packages:
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
 def environment_info():
     """Hardware and software versions, for run manifests (training, inference, report)."""
     import torch
@@ -502,12 +519,8 @@ def environment_info():
             "cpu_count": os.cpu_count(), "ram_gib": _ram_gib(), "cpu_bf16": cpu_supports_bf16(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": None, "gpu_count": 0,
             "gpu_memory_gib": None, "driver": None}
-    for package in ("transformers", "peft", "accelerate", "datasets", "trl", "deepspeed", "bitsandbytes"):
-        try:
-            from importlib.metadata import version
-            info[package] = version(package)
-        except Exception:
-            info[package] = None
+    info.update(package_versions(("transformers", "peft", "accelerate", "datasets", "trl", "deepspeed",
+                                  "bitsandbytes")))
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_io import example_id
+from dataset_io import DatasetError, dataset_fingerprint, example_id, get_split, load_forecast_dataset
 from errors import ForecasterError
 from prompt import BIN_LABELS, PROMPT_STYLES, bin_label, parse_answer, split_public_prompt
 from runs import differing_keys
@@ -358,7 +358,6 @@ class DatasetIndex:
 
 def load_split(dataset, split):
     """(rows, fingerprint, resolved path, all splits) of a dataset split, for joining."""
-    from dataset_io import DatasetError, dataset_fingerprint, get_split, load_forecast_dataset
     try:
         dd = load_forecast_dataset(dataset)
         ds = get_split(dd, split, dataset)

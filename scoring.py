@@ -1,40 +1,34 @@
 """The comparison core: run dirs -> one metrics report (per-run metrics, baselines, week-clustered
-uncertainty, signal quality) and its files (metrics.json/.md/.csv, per_sample.csv, confusion CSVs, plots).
+uncertainty, signal quality) and, beside it, the per-row details its CSVs and plots need.
 
-comparison.py (the CLI) and report.py (its evaluation section) both use it:
+comparison.py (the CLI) and report.py (its evaluation section) both use it; comparison_files.py writes
+the files:
 
-    from scoring import compare, write_outputs
-    report = compare(["runs/base", "runs/lora"])        # ComparisonError: runs that cannot be compared
-    md, plots = write_outputs(report, "runs/compare")
+    from scoring import compare
+    from comparison_files import write_outputs
+    report, details = compare(["runs/base", "runs/lora"])   # ComparisonError / RunError: cannot be compared
+    md, plots = write_outputs(report, details, "runs/compare")
 
-Why clustered by week: a test split is a few weeks x many stocks, and stocks move together within a week,
-so 300 rows are nowhere near 300 independent trials. The CI resamples whole weeks; the test against the
-majority baseline flips the sign of whole weeks' differences.
+`report` is exactly what metrics.json holds; `details` (latencies, per-sample rows, backtest rows, equity
+curves) is what only the CSVs and plots need. Uncertainty is clustered by week (clustered_stats.py).
 """
-import csv
-import itertools
-import json
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+import signals
+from clustered_stats import BOOTSTRAP_SAMPLES, CONFIDENCE, SEED, week_blocked_bootstrap, week_sign_flip_test
+from dataset_io import load_forecast_dataset
 from errors import ForecasterError
 from prompt import BIN_CODES, bin_midpoint, bin_return, label_to_code
-from runs import RunError, load_run as read_run_dir
-import signals
-from signals import week_blocked_bootstrap
-from utils import ROUGE_TYPES, SECTIONS, fmt, fmt_p, score_pair, summarize_pairs
+from runs import load_run
+from utils import ROUGE_TYPES, SECTIONS, score_pair, summarize_pairs
 
 # ---------------------------------------------------------------------------------------------
-# Defaults (CLI flags mirror these one to one)
+# Defaults (the bootstrap's, which comparison.py's flags mirror, live in clustered_stats.py)
 # ---------------------------------------------------------------------------------------------
-BOOTSTRAP_SAMPLES = 2000     # week-blocked resamples for the 95 % CIs
-CONFIDENCE = 0.95
-SEED = 0                     # the bootstrap and (beyond EXACT_MAX_WEEKS) the sign-flip draws
-EXACT_MAX_WEEKS = 16         # up to 2^16 sign patterns are enumerated exactly; more weeks are sampled
-SIGN_FLIP_SAMPLES = 20000
 BASELINE_NAMES = ("majority", "always-up", "momentum")
 
 PRICE_SENTENCE_RE = re.compile(
@@ -47,20 +41,21 @@ THINK_BLOCK_RE = re.compile(r"<think>(.*?)</think>", re.S | re.I)
 
 
 class ComparisonError(ForecasterError, ValueError):
-    """A user mistake (missing run dir, nothing shared): reported as one Error line."""
+    """Runs that cannot be compared (same names, nothing shared, unknown labels): one Error line. A folder
+    that is not a run dir is runs.RunError."""
+
+
+class ComparisonDetails(NamedTuple):
+    """What compare() returns beside the report: the per-row data only the CSVs and plots need."""
+    latencies: dict      # {run name: [seconds per example]}: latency.png
+    per_sample: list     # per_sample.csv rows (PER_SAMPLE_FIELDS)
+    backtest: list       # backtest.csv rows
+    equity: dict         # {series: {strategy: equity curve}}: equity.png
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading run dirs
+# Reading run dirs (runs.load_run reads them)
 # ---------------------------------------------------------------------------------------------
-def load_run(run_dir):
-    """runs.load_run (the run-dir format's one reader), with its error as a ComparisonError."""
-    try:
-        return read_run_dir(run_dir)
-    except RunError as exc:
-        raise ComparisonError(str(exc)) from None
-
-
 def decoding_differences(runs):
     """{run name: 'key a vs b, ...'} for runs whose decoding settings differ from the first run's."""
     runs = [r for r in runs if not is_imported(r)]      # imported outputs record no decoding settings
@@ -148,7 +143,6 @@ def load_dataset_side(path, split):
     if not path:
         return {}, None, "no dataset path in run.json"
     try:
-        from dataset_io import load_forecast_dataset
         dd = load_forecast_dataset(path)
     except Exception as exc:  # noqa: BLE001 - any loader failure only drops the dataset-based baselines
         return {}, None, f"dataset {path} not loadable ({type(exc).__name__}: {exc})"
@@ -227,28 +221,8 @@ def baseline_pairs(codes, ids, label_by_id):
 
 
 # ---------------------------------------------------------------------------------------------
-# Week-clustered uncertainty
+# Per-run tables: long/short returns and the confusion matrix
 # ---------------------------------------------------------------------------------------------
-# week_blocked_bootstrap (accuracy CIs) lives in signals.py, which shares it with the signal figures
-
-
-def week_sign_flip_test(correct_a, correct_b, weeks, seed=SEED, samples=SIGN_FLIP_SAMPLES):
-    """Two-sided paired test of equal accuracy, clustered by week: the per-week sums of (a - b) have their
-    signs flipped (all 2^weeks patterns when weeks <= EXACT_MAX_WEEKS, else sampled). Returns p."""
-    diff = np.asarray(correct_a, dtype=float) - np.asarray(correct_b, dtype=float)
-    week_names = sorted(set(weeks))
-    per_week = np.zeros(len(week_names))
-    np.add.at(per_week, [week_names.index(w) for w in weeks], diff)
-    observed = abs(per_week.sum())
-    if observed == 0:
-        return 1.0
-    if len(week_names) <= EXACT_MAX_WEEKS:
-        signs = np.array(list(itertools.product((1, -1), repeat=len(week_names))))
-        return float(np.mean(np.abs(signs @ per_week) >= observed - 1e-9))
-    signs = np.random.default_rng(seed).choice((1, -1), size=(samples, len(week_names)))
-    return float((np.sum(np.abs(signs @ per_week) >= observed - 1e-9) + 1) / (samples + 1))
-
-
 def long_short(pairs, ids, period_by_id, return_by_id):
     """Equal-weight weekly long/short of the signals: +1 predicted up, -1 down, 0 no direction, times the
     realised return (percent); averaged over the week's stocks."""
@@ -283,7 +257,10 @@ def _valid_label(label):
 
 def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRAP_SAMPLES, seed=SEED,
             cost_bps=signals.COST_BPS, top_k=signals.TOP_K):
-    """Everything metrics.json holds, as a dict."""
+    """(report, details): the report is everything metrics.json holds; details (ComparisonDetails) holds the
+    latencies, per-sample rows, backtest rows and equity curves beside it, for the CSVs and plots.
+    Raises runs.RunError for a folder that is not a run dir, ComparisonError for runs that cannot be
+    compared."""
     runs = [load_run(d) for d in run_dirs]
     names = [r["name"] for r in runs]
     dupes = sorted(n for n, c in Counter(names).items() if c > 1)
@@ -364,7 +341,7 @@ def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRA
         series, ids, period_by_id, symbol_by_id, return_by_id, cost_bps, top_k, samples, seed)
     for name, sig in signal_rows.items():
         results[name]["metrics"]["signal"] = sig
-    return {
+    report = {
         "n_ids": len(ids), "weeks": len(set(weeks)), "symbols": len(set(symbol_by_id.values())),
         "left_out": left_out, "torn_lines_skipped": {r["name"]: r["skipped_lines"] for r in runs if r["skipped_lines"]},
         "decoding_differences": decoding_differences(runs + ([ref_run] if ref_run else [])),
@@ -376,13 +353,12 @@ def compare(run_dirs, reference=None, dataset=None, split=None, samples=BOOTSTRA
         "imported": {n: r["imported"] for n, r in results.items() if "imported" in r},
         "rows": {n: {k: v for k, v in r.items() if k not in ("pairs", "latencies", "imported")}
                  for n, r in results.items()},
-        "_latencies": {n: r["latencies"] for n, r in results.items() if r["kind"] == "run"},
-        "_per_sample": per_sample,
         "signal_settings": {"cost_bps": cost_bps, "top_k": top_k, "weeks": len(set(weeks)),
                             "returns_from": return_source, "warning": signals.weeks_warning(len(set(weeks)))},
         "benchmark": benchmark,
-        "_backtest": backtest_rows, "_equity": equity,
     }
+    latencies = {n: r["latencies"] for n, r in results.items() if r["kind"] == "run"}
+    return report, ComparisonDetails(latencies, per_sample, backtest_rows, equity)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,243 +384,3 @@ def per_sample_row(run_name, example_id, symbol, period, truth, pair, output):
         for t in ROUGE_TYPES:
             row[f"rouge_{s}_{t}"] = pair.get("rouge", {}).get(s, {}).get(t)
     return row
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing: markdown, CSV, plots
-# ---------------------------------------------------------------------------------------------
-def markdown(report):
-    head = ["run", "n", "parsed", "format fail", "binary acc [95% CI]", "acc (parsed only)",
-            "Δ vs majority [95% CI], p", "agree w/ ref", "MSE (coverage)"]
-    head += [f"ROUGE-1/2/L {s}" for s in SECTIONS] + ["latency s mean/median", "long/short %/wk"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    flag = truth_flag(report)
-    for name, row in report["rows"].items():
-        m = row["metrics"]
-        vs = m["vs_majority"]
-        delta = "—" if name == "majority" else (f"{vs['difference']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}], "
-                                                 f"p={fmt_p(vs['p_value'])}")
-        rouge = [("/".join(fmt(m["rouge"][s][t], ".2f") for t in ROUGE_TYPES) if "rouge" in m else "—")
-                 for s in SECTIONS]
-        lat = m.get("latency_s")
-        cells = [(name if row["kind"] == "run" else f"*{name} (baseline)*") + flag, str(m["n"]), str(m["parsed"]),
-                 str(m["format_failures"]),
-                 f"{fmt(m['binary_accuracy'])} [{fmt(m['binary_accuracy_ci'][0])}, {fmt(m['binary_accuracy_ci'][1])}]",
-                 fmt(m["binary_accuracy_parsed"]), delta, fmt(m["reference_agreement"]),
-                 f"{fmt(m['mse'], '.2f')} ({fmt(m['mse_coverage'], '.0%')})", *rouge,
-                 f"{fmt(lat['mean'], '.2f')}/{fmt(lat['median'], '.2f')}" if lat else "—",
-                 fmt(m["long_short"]["mean_weekly_pct"], "+.2f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"Scored on {report['n_ids']} ids shared by all runs: {report['weeks']} weeks × "
-             f"{report['symbols']} symbols. CIs: week-blocked bootstrap ({report['bootstrap_samples']} resamples, "
-             f"seed {report['seed']}); p: week-clustered sign-flip test against the majority baseline "
-             f"({report['weeks']} weeks, so p cannot go below {2 / 2 ** report['weeks']:.3g})."
-             if report["weeks"] <= EXACT_MAX_WEEKS else
-             f"Scored on {report['n_ids']} ids shared by all runs: {report['weeks']} weeks × {report['symbols']} "
-             f"symbols. CIs: week-blocked bootstrap; p: week-clustered sign-flip test against the majority baseline.",
-             f"Reference texts: {report['reference']}; {truth_sentence(report)} {report['dataset']}."]
-    for name, imp in (report.get("imported") or {}).items():
-        notes.append(f"Imported run {name}: {imp['file']} ({imp['format']}; {imp['joined']} of {imp['read']} rows "
-                     f"imported, {imp['unjoined']} unjoined, {imp['duplicated']} duplicates; truth: {imp['truth']}; "
-                     "decoding settings not recorded).")
-    think = {n: r["metrics"]["think"] for n, r in report["rows"].items() if (r["metrics"].get("think") or {}).get("n")}
-    if think:
-        notes.append("Answers with a <think> block: " + ", ".join(
-            f"{n} {t['share']:.0%} (mean {t['mean_chars']:.0f} chars)" for n, t in think.items()) + ".")
-    left = {k: v for k, v in report["left_out"].items() if v}
-    notes.append("Left out (ids not in every run): " + (", ".join(f"{k}: {v}" for k, v in left.items()) or "none") + ".")
-    if report["torn_lines_skipped"]:
-        notes.append("Torn lines skipped: " + ", ".join(f"{k}: {v}" for k, v in report["torn_lines_skipped"].items()))
-    if report["decoding_differences"]:
-        notes.append("**Decoding settings differ** from the first run: " + "; ".join(
-            f"{k} ({v})" for k, v in report["decoding_differences"].items()) + ".")
-    if len({v for v in report["dataset_fingerprints"].values()}) > 1:
-        notes.append("**Dataset fingerprints differ** between runs: " + ", ".join(
-            f"{k}: {v}" for k, v in report["dataset_fingerprints"].items()) + ".")
-    truncated = {n: r["metrics"]["hit_max_new_tokens"] for n, r in report["rows"].items()
-                 if r["kind"] == "run" and r["metrics"]["hit_max_new_tokens"]}
-    if truncated:
-        notes.append("Outputs cut at max_new_tokens: " + ", ".join(f"{k}: {v}" for k, v in truncated.items()) + ".")
-    for name, row in report["rows"].items():
-        if row["kind"] == "baseline":
-            notes.append(f"Baseline {name}: {row['note']}.")
-    notes.append(f"Long/short: equal-weight weekly mean of sign(prediction) × return, using "
-                 f"{report['long_short_returns_from']}.")
-    symbols = sorted({s for r in report["rows"].values() for s in r["metrics"]["per_symbol_accuracy"]})
-    names = list(report["rows"])
-    sym = ["", "Per-symbol binary accuracy" + flag + " / mean ROUGE-L over the reference's sections (runs):", "",
-           "| symbol | " + " | ".join(n + flag for n in names) + " |", "|" + "---|" * (len(names) + 1)]
-    for s in symbols:
-        sym.append(f"| {s} | " + " | ".join(_per_symbol_cell(report["rows"][n]["metrics"], s) for n in names) + " |")
-    return "\n".join(lines + [""] + [f"- {n}" for n in notes] + sym) + "\n"
-
-
-def truth_flag(report):
-    """' ‡' on every row of a table whose truth is not the dataset's realised labels, else ''."""
-    return "" if (report.get("truth") or {}).get("from_dataset", True) else " ‡"
-
-
-def truth_sentence(report):
-    truth = report.get("truth") or {}
-    if truth.get("from_dataset", True):
-        return "accuracy is against the realised labels."
-    return (f"‡ **accuracy is against {truth.get('source')}**, not realised labels: the first run was imported "
-            "without --dataset, so 'correct' means agreeing with the reference answer's prediction.")
-
-
-def _per_symbol_cell(m, symbol):
-    acc = fmt(m["per_symbol_accuracy"].get(symbol, {}).get("accuracy"), ".2f")
-    rouge = (m.get("per_symbol_rouge") or {}).get(symbol)
-    if not rouge:
-        return acc
-    values = [v["rougeL"] for v in rouge.values() if v.get("rougeL") is not None]
-    return f"{acc} / {fmt(float(np.mean(values)) if values else None, '.2f')}"
-
-
-CSV_FIELDS = (["name", "kind", "n", "parsed", "format_failures", "binary_accuracy", "ci_low", "ci_high",
-               "binary_accuracy_parsed", "diff_vs_majority", "diff_ci_low", "diff_ci_high", "p_vs_majority",
-               "reference_agreement", "mse", "mse_coverage"]
-              + [f"rouge_{s}_{t}" for s in SECTIONS for t in ROUGE_TYPES]
-              + ["latency_mean_s", "latency_median_s", "tokens_per_s", "hit_max_new_tokens",
-                 "longshort_mean_weekly_pct", "longshort_cumulative_pct"]
-              + signals.SIGNAL_CSV_FIELDS)
-
-
-def csv_rows(report):
-    for name, row in report["rows"].items():
-        m = row["metrics"]
-        out = {"name": name, "kind": row["kind"], **{k: m.get(k) for k in ("n", "parsed", "format_failures",
-               "binary_accuracy", "binary_accuracy_parsed", "reference_agreement", "mse", "mse_coverage",
-               "tokens_per_s", "hit_max_new_tokens")}}
-        out["ci_low"], out["ci_high"] = m["binary_accuracy_ci"]
-        out["diff_vs_majority"] = m["vs_majority"]["difference"]
-        out["diff_ci_low"], out["diff_ci_high"] = m["vs_majority"]["ci"]
-        out["p_vs_majority"] = m["vs_majority"]["p_value"]
-        for s in SECTIONS:
-            for t in ROUGE_TYPES:
-                out[f"rouge_{s}_{t}"] = m["rouge"][s][t] if "rouge" in m else None
-        lat = m.get("latency_s") or {}
-        out["latency_mean_s"], out["latency_median_s"] = lat.get("mean"), lat.get("median")
-        out["longshort_mean_weekly_pct"] = m["long_short"]["mean_weekly_pct"]
-        out["longshort_cumulative_pct"] = m["long_short"]["cumulative_pct"]
-        out.update(signals.signal_csv(m))
-        yield out
-
-
-def plot(report, latencies, out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    written = []
-    names = list(report["rows"])
-    rows = [report["rows"][n]["metrics"] for n in names]
-    acc = np.array([m["binary_accuracy"] or 0 for m in rows])
-    err = np.array([[a - m["binary_accuracy_ci"][0], m["binary_accuracy_ci"][1] - a] for a, m in zip(acc, rows)]).T
-    colors = ["tab:blue" if report["rows"][n]["kind"] == "run" else "tab:gray" for n in names]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
-    ax.barh(names, acc, xerr=err, color=colors, capsize=4)
-    ax.axvline(report["rows"]["majority"]["metrics"]["binary_accuracy"], ls="--", color="k", lw=1, label="majority")
-    ax.invert_yaxis()
-    ax.set_xlabel(f"binary accuracy (95% CI, week-blocked bootstrap, {report['weeks']} weeks)")
-    ax.set_xlim(0, 1)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    written.append("accuracy.png")
-    plt.close(fig)
-    runs = [n for n in names if report["rows"][n]["kind"] == "run"]
-    fig, axes = plt.subplots(1, len(SECTIONS), figsize=(4 * len(SECTIONS), 3.5), sharey=True)
-    width = 0.8 / max(1, len(runs))
-    for ax, s in zip(axes, SECTIONS):
-        for j, n in enumerate(runs):
-            vals = [report["rows"][n]["metrics"]["rouge"][s][t] or 0 for t in ROUGE_TYPES]
-            ax.bar(np.arange(len(ROUGE_TYPES)) + j * width, vals, width, label=n)
-        ax.set_xticks(np.arange(len(ROUGE_TYPES)) + width * (len(runs) - 1) / 2, ROUGE_TYPES)
-        ax.set_title(s)
-    axes[0].set_ylabel("F1 vs reference")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "rouge.png", dpi=120)
-    written.append("rouge.png")
-    plt.close(fig)
-    with_lat = [n for n in runs if latencies.get(n)]
-    if with_lat:
-        fig, ax = plt.subplots(figsize=(7, 0.5 * len(with_lat) + 1.5))
-        ax.boxplot([latencies[n] for n in with_lat], vert=False, tick_labels=with_lat)
-        ax.set_xlabel("latency per example, s (batch wall time ÷ batch size)")
-        fig.tight_layout()
-        fig.savefig(out / "latency.png", dpi=120)
-        written.append("latency.png")
-        plt.close(fig)
-    return written
-
-
-def plot_rouge_distribution(per_sample, out):
-    """rouge_distribution.png: per answer section, a box per run and ROUGE type of the per-answer F1
-    (answers whose reference has the section). Returns the file names written."""
-    runs = list(dict.fromkeys(r["run"] for r in per_sample))
-    if not runs:
-        return []
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(SECTIONS), figsize=(4 * len(SECTIONS), 3.8), sharey=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    width = 0.8 / len(runs)
-    for ax, s in zip(axes, SECTIONS):
-        for j, name in enumerate(runs):
-            data = [[r[f"rouge_{s}_{t}"] for r in per_sample if r["run"] == name and r[f"rouge_{s}_{t}"] is not None]
-                    for t in ROUGE_TYPES]
-            positions = np.arange(len(ROUGE_TYPES)) + (j - (len(runs) - 1) / 2) * width
-            keep = [k for k, d in enumerate(data) if d]
-            if keep:
-                box = ax.boxplot([data[k] for k in keep], positions=positions[keep], widths=width * 0.85,
-                                 patch_artist=True, manage_ticks=False,
-                                 medianprops={"color": "black"})
-                for patch in box["boxes"]:
-                    patch.set_facecolor(colors[j % len(colors)])
-        ax.set_xticks(np.arange(len(ROUGE_TYPES)), ROUGE_TYPES)
-        ax.set_title(s)
-        ax.set_ylim(0, 1)
-    axes[0].set_ylabel("F1 per answer vs reference")
-    axes[-1].legend([plt.Rectangle((0, 0), 1, 1, color=colors[j % len(colors)]) for j in range(len(runs))], runs,
-                    fontsize=8)
-    fig.tight_layout()
-    fig.savefig(Path(out) / "rouge_distribution.png", dpi=120)
-    plt.close(fig)
-    return ["rouge_distribution.png"]
-
-
-def write_outputs(report, out):
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    latencies = report.pop("_latencies")
-    per_sample = report.pop("_per_sample", [])
-    backtest_rows, equity = report.pop("_backtest", []), report.pop("_equity", {})
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    with open(out / "per_sample.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, PER_SAMPLE_FIELDS)
-        writer.writeheader()
-        writer.writerows(per_sample)
-    md = markdown(report) + signals.signal_markdown(report)
-    (out / "metrics.md").write_text(md)
-    with open(out / "backtest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, signals.BACKTEST_CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(backtest_rows)
-    with open(out / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(csv_rows(report))
-    for name, row in report["rows"].items():
-        if row["kind"] != "run":
-            continue
-        with open(out / f"confusion_{name}.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["truth \\ predicted", *BIN_CODES, "none"])
-            for t, counts in row["metrics"]["confusion"].items():
-                writer.writerow([t, *counts.values()])
-    plots = plot(report, latencies, out)
-    plots += plot_rouge_distribution(per_sample, out)
-    plots += signals.plot_signals(report, equity, out)
-    return md, plots

@@ -6,27 +6,25 @@
     probs = probability_metrics(p_up, truth_up, weeks)               # Brier, log loss, ECE, AUC, coverage
     bt = backtest(records, cost_bps=10, top_k=3)                      # long/short, top-k, long-only, benchmark
 
-The library behind comparison.py's signal figures (comparison.py is a script, so this module owns the
-statistics it shares: the week-blocked bootstrap lives here). Every function takes plain lists; nothing
-reads a file or a model.
+The statistics behind the comparison's signal figures (scoring.compare calls score_signals; their tables and
+plots are written by comparison_files.py). Every function takes plain lists; nothing reads a file or a model.
 
 Why week blocks: a test split is a few weeks x many stocks that move together within a week, so a CI
-resamples whole weeks (the same draws for every figure of one comparison, so differences are paired).
-In the backtest a week is one observation, so resampling weeks is the ordinary bootstrap of weekly returns.
+resamples whole weeks (clustered_stats.py; the same draws for every figure of one comparison, so
+differences are paired). In the backtest a week is one observation, so resampling weeks is the ordinary
+bootstrap of weekly returns.
 """
 import math
 from collections import defaultdict
 
 import numpy as np
 
-from utils import fmt
+from clustered_stats import BOOTSTRAP_SAMPLES, CONFIDENCE, SEED, percentile_ci, per_week_sums, week_draws, week_index
+from prompt import bin_midpoint
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (comparison.py's flags mirror the ones a user sets)
 # ---------------------------------------------------------------------------------------------
-BOOTSTRAP_SAMPLES = 2000     # week-blocked resamples for the 95 % CIs
-CONFIDENCE = 0.95
-SEED = 0
 ECE_BINS = 10                # equal-width bins of p_up for ECE and the reliability diagram
 COVERAGE_THRESHOLDS = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25)   # abstain when |p_up - 0.5| < t
 MIN_TICKERS_PER_WEEK = 3     # IC: a Spearman correlation over fewer tickers is noise
@@ -37,57 +35,6 @@ MIN_WEEKS = 26               # fewer weeks than this: a printed warning (the pub
 LOG_LOSS_EPS = 1e-15         # p_up is clipped to [eps, 1 - eps] so one confident miss is finite
 STRATEGIES = ("long_short", "top_bottom_k", "long_only")
 BENCHMARK = "benchmark"
-
-
-# ---------------------------------------------------------------------------------------------
-# The week-blocked bootstrap (comparison.py's accuracy CIs use it too)
-# ---------------------------------------------------------------------------------------------
-def week_index(weeks):
-    """(sorted week names, row -> week position array)."""
-    names = sorted(set(weeks))
-    pos = {w: k for k, w in enumerate(names)}
-    return names, np.array([pos[w] for w in weeks], dtype=int)
-
-
-def week_draws(n_weeks, samples=BOOTSTRAP_SAMPLES, seed=SEED):
-    """(samples, n_weeks) matrix: how often each week is drawn in each resample (n_weeks draws with
-    replacement). The same seed gives the same draws, so all figures of one comparison are paired."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_weeks, np.full(n_weeks, 1 / n_weeks), size=samples)
-
-
-def percentile_ci(values, confidence=CONFIDENCE):
-    """[low, high] percentile interval of bootstrap values (NaN draws, where the figure is undefined,
-    are left out); None when no draw is defined."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return None
-    alpha = (1 - confidence) / 2
-    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
-
-
-def week_blocked_bootstrap(correct, weeks, samples=BOOTSTRAP_SAMPLES, seed=SEED, confidence=CONFIDENCE):
-    """Percentile CI of accuracy resampling whole weeks. correct: (rows, series) 0/1 matrix; every series is
-    resampled with the same weeks so differences are paired. Returns (low, high) arrays per series."""
-    correct = np.asarray(correct, dtype=float)
-    names, index = week_index(weeks)
-    per_week = np.zeros((len(names), correct.shape[1]))
-    np.add.at(per_week, index, correct)
-    rows_per_week = np.bincount(index, minlength=len(names)).astype(float)
-    draws = week_draws(len(names), samples, seed)
-    acc = (draws @ per_week) / (draws @ rows_per_week)[:, None]
-    alpha = (1 - confidence) / 2
-    return np.quantile(acc, alpha, axis=0), np.quantile(acc, 1 - alpha, axis=0)
-
-
-def _per_week_sums(values, index, n_weeks):
-    """(n_weeks, columns) sums of row values per week."""
-    values = np.asarray(values, dtype=float)
-    values = values.reshape(len(values), -1)
-    out = np.zeros((n_weeks, values.shape[1]))
-    np.add.at(out, index, values)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +120,6 @@ def expected_return(bin_code=None, p_bins=None):
     >>> expected_return("D3"), expected_return(p_bins={"U1": 0.5, "D2": 0.5})
     (-2.5, -0.5)
     """
-    from prompt import bin_midpoint
     if p_bins:
         total = sum(p_bins.values())
         if total > 0:
@@ -287,17 +233,16 @@ def probability_metrics(p_up, truth_up, weeks, directions=None, bins=ECE_BINS, t
         return out
     names, index = week_index(w)
     draws = week_draws(len(names), samples, seed)
-    rows_w = _per_week_sums(np.ones(len(p)), index, len(names))[:, 0]
+    rows_w = per_week_sums(np.ones(len(p)), index, len(names))[:, 0]
     n_draw = draws @ rows_w
     with np.errstate(invalid="ignore", divide="ignore"):
-        sq = _per_week_sums((p - y) ** 2, index, len(names))[:, 0]
+        sq = per_week_sums((p - y) ** 2, index, len(names))[:, 0]
         pc = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
-        ll = _per_week_sums(-(y * np.log(pc) + (1 - y) * np.log(1 - pc)), index, len(names))[:, 0]
+        ll = per_week_sums(-(y * np.log(pc) + (1 - y) * np.log(1 - pc)), index, len(names))[:, 0]
         b = _bin_of(p, bins)
         onehot = np.eye(bins)[b]
-        cnt = draws @ _per_week_sums(onehot, index, len(names))
-        sp = draws @ _per_week_sums(onehot * p[:, None], index, len(names))
-        sy = draws @ _per_week_sums(onehot * y[:, None], index, len(names))
+        sp = draws @ per_week_sums(onehot * p[:, None], index, len(names))
+        sy = draws @ per_week_sums(onehot * y[:, None], index, len(names))
         ece_draws = np.abs(sp - sy).sum(axis=1) / n_draw        # sum_b n_b/n |mean_p - share| = sum_b |Σp - Σy| / n
     week_rows = [np.flatnonzero(index == k) for k in range(len(names))]
     auc_draws = []
@@ -324,7 +269,7 @@ def direction_metrics(predicted, truth, weeks, samples=BOOTSTRAP_SAMPLES, seed=S
     draws = week_draws(len(names), samples, seed)
     out = {"weeks": len(names)}
     for key, wrong in (("mcc", True), ("mcc_parsed", False)):
-        per_week = _per_week_sums(confusion_counts(predicted, truth, wrong), index, len(names))
+        per_week = per_week_sums(confusion_counts(predicted, truth, wrong), index, len(names))
         out[key] = float(mcc_from_counts(*per_week.sum(axis=0)))
         out[f"{key}_ci"] = percentile_ci(mcc_from_counts(*(draws @ per_week).T), confidence)
     return out
@@ -442,7 +387,7 @@ def backtest(records, cost_bps=COST_BPS, top_k=TOP_K, strategies=STRATEGIES, sam
 
 
 # ---------------------------------------------------------------------------------------------
-# One comparison's signal figures (comparison.py calls these; plain records in, plain dicts out)
+# One comparison's signal figures (scoring.compare calls these; plain records in, plain dicts out)
 # ---------------------------------------------------------------------------------------------
 def score_signals(series, ids, week_by_id, ticker_by_id, return_pct_by_id, cost_bps=COST_BPS, top_k=TOP_K,
                   samples=BOOTSTRAP_SAMPLES, seed=SEED, confidence=CONFIDENCE):
@@ -490,135 +435,3 @@ def weeks_warning(n_weeks, min_weeks=MIN_WEEKS):
         return None
     return (f"the backtest has {n_weeks} weeks (< {min_weeks}): Sharpe ratios, drawdowns and their CIs from so "
             "few weeks say little")
-
-
-def _ci(ci, spec=".3f"):
-    return "" if not ci else f" [{format(ci[0], spec)}, {format(ci[1], spec)}]"
-
-
-def signal_markdown(report):
-    """metrics.md's Signal tables: MCC and IC for every row; calibration for rows with p_up; the backtest."""
-    sig = report.get("signal_settings")
-    if not sig:
-        return ""
-    rows = report["rows"]
-    out = ["", f"Signal ({sig['weeks']} weeks; CIs: week-blocked bootstrap, 95%):", "",
-           "| run | MCC (all n) | MCC (parsed) | IC mean [CI] | IC t | IC weeks (skipped) | IC > 0 share |",
-           "|---|---|---|---|---|---|---|"]
-    for name, row in rows.items():
-        s = row["metrics"].get("signal")
-        if not s:
-            continue
-        ic = s["ic"]
-        out.append(f"| {name} | {fmt(s['mcc'])}{_ci(s['mcc_ci'])} | {fmt(s['mcc_parsed'])}{_ci(s['mcc_parsed_ci'])} | "
-                   f"{fmt(ic['mean'])}{_ci(ic['ci'])} | {fmt(ic['t'], '.2f')} | {ic['weeks']} ({ic['weeks_skipped']}) | "
-                   f"{fmt(ic['positive_share'], '.0%')} |")
-    probs = {n: r["metrics"]["signal"]["probabilities"] for n, r in rows.items()
-             if (r["metrics"].get("signal") or {}).get("probabilities")}
-    if probs:
-        out += ["", "| run (p_up) | n | Brier | log loss | ECE (10 bins) | ROC-AUC | accuracy at coverage |",
-                "|---|---|---|---|---|---|---|"]
-        for name, p in probs.items():
-            cov = ", ".join(f"{c['coverage']:.0%}: {fmt(c['accuracy'], '.2f')}" for c in p["accuracy_vs_coverage"]
-                            if c["coverage"] is not None)
-            out.append(f"| {name} | {p['n']} | {fmt(p['brier'])}{_ci(p['brier_ci'])} | {fmt(p['log_loss'])}"
-                       f"{_ci(p['log_loss_ci'])} | {fmt(p['ece'])}{_ci(p['ece_ci'])} | {fmt(p['roc_auc'])}"
-                       f"{_ci(p['roc_auc_ci'])} | {cov} |")
-    else:
-        out += ["", "No run has a p_up value (inference.py's hf backend writes one where an answer's Prediction line "
-                "has a direction word): no calibration figures."]
-    out += ["", f"Backtest (cost {sig['cost_bps']:g} bps per unit of turnover; top-k k = {sig['top_k']}; returns: "
-            f"{sig['returns_from']}):", "",
-            "| run | strategy | ann. return | vol | Sharpe [CI] | max drawdown | cumulative | mean turnover | "
-            "Δ mean weekly net vs benchmark [CI] |", "|---|---|---|---|---|---|---|---|---|"]
-    bench = report.get("benchmark") or {}
-    out.append(f"| *benchmark* | equal weight | {fmt(bench.get('annual_return'), '+.1%')} | "
-               f"{fmt(bench.get('volatility'), '.1%')} | {fmt(bench.get('sharpe'), '.2f')}"
-               f"{_ci(bench.get('sharpe_ci'), '.2f')} | {fmt(bench.get('max_drawdown'), '.1%')} | "
-               f"{fmt(bench.get('cumulative'), '+.2%')} | {fmt(bench.get('mean_turnover'), '.2f')} | — |")
-    for name, row in rows.items():
-        for strategy, e in ((row["metrics"].get("signal") or {}).get("backtest") or {}).items():
-            vs = e.get("vs_benchmark") or {}
-            out.append(f"| {name} | {strategy} | {fmt(e['annual_return'], '+.1%')} | {fmt(e['volatility'], '.1%')} | "
-                       f"{fmt(e['sharpe'], '.2f')}{_ci(e['sharpe_ci'], '.2f')} | {fmt(e['max_drawdown'], '.1%')} | "
-                       f"{fmt(e['cumulative'], '+.2%')} | {fmt(e['mean_turnover'], '.2f')} | "
-                       f"{fmt(vs.get('difference'), '+.4f')}{_ci(vs.get('ci'), '+.4f')} |")
-    if sig.get("warning"):
-        out += ["", f"- **Warning:** {sig['warning']}."]
-    return "\n".join(out) + "\n"
-
-
-SIGNAL_CSV_FIELDS = ["mcc", "mcc_ci_low", "mcc_ci_high", "mcc_parsed", "ic_mean", "ic_ci_low", "ic_ci_high", "ic_t",
-                     "ic_weeks", "ic_weeks_skipped", "brier", "log_loss", "ece", "roc_auc",
-                     *[f"{s}_{k}" for s in STRATEGIES for k in ("sharpe", "annual_return", "max_drawdown",
-                                                                 "diff_vs_benchmark")]]
-
-
-def signal_csv(m):
-    """metrics.csv cells of one row's signal metrics."""
-    s = m.get("signal") or {}
-    if not s:
-        return {}
-    ic, p = s["ic"], s.get("probabilities") or {}
-    out = {"mcc": s["mcc"], "mcc_ci_low": (s["mcc_ci"] or [None])[0], "mcc_ci_high": (s["mcc_ci"] or [None, None])[1],
-           "mcc_parsed": s["mcc_parsed"], "ic_mean": ic["mean"], "ic_ci_low": (ic["ci"] or [None])[0],
-           "ic_ci_high": (ic["ci"] or [None, None])[1], "ic_t": ic["t"], "ic_weeks": ic["weeks"],
-           "ic_weeks_skipped": ic["weeks_skipped"], **{k: p.get(k) for k in ("brier", "log_loss", "ece", "roc_auc")}}
-    for strategy, e in s["backtest"].items():
-        out.update({f"{strategy}_sharpe": e["sharpe"], f"{strategy}_annual_return": e["annual_return"],
-                    f"{strategy}_max_drawdown": e["max_drawdown"],
-                    f"{strategy}_diff_vs_benchmark": (e.get("vs_benchmark") or {}).get("difference")})
-    return out
-
-
-BACKTEST_CSV_FIELDS = ["series", "strategy", "week", "positions", "turnover", "gross", "cost", "net"]
-
-
-def plot_signals(report, curves, out):
-    """reliability.png (runs with p_up) and equity.png (cumulative net of each run's strategies and the
-    benchmark). Returns the file names written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pathlib import Path
-    out, written = Path(out), []
-    sig = report.get("signal_settings") or {}
-    probs = {n: r["metrics"]["signal"]["probabilities"] for n, r in report["rows"].items()
-             if (r["metrics"].get("signal") or {}).get("probabilities")}
-    if probs:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.plot([0, 1], [0, 1], ls="--", color="k", lw=1, label="perfectly calibrated")
-        for name, p in probs.items():
-            rel = p["reliability"]
-            ax.plot([r["mean_p"] for r in rel], [r["up_share"] for r in rel], marker="o",
-                    label=f"{name} (n={p['n']}, ECE {p['ece']:.3f})")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel(f"p_up (mean in each of {ECE_BINS} equal-width bins)")
-        ax.set_ylabel("share of weeks that went up")
-        ax.set_title(f"Reliability ({next(iter(probs.values()))['weeks']} weeks)", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        fig.savefig(out / "reliability.png", dpi=120)
-        plt.close(fig)
-        written.append("reliability.png")
-    runs = [n for n, r in report["rows"].items() if r["kind"] == "run" and n in curves]
-    if runs and sig.get("weeks"):
-        fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False, sharey=True)
-        for ax, name in zip(axes[0], runs):
-            for strategy, curve in curves[name].items():
-                ax.plot(range(len(curve) + 1), [1.0, *curve], label=strategy,
-                        **({"color": "k", "ls": "--"} if strategy == BENCHMARK else {}))
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("week")
-        bench = curves[runs[0]].get(BENCHMARK)
-        for ax, name in zip(axes[0][1:], runs[1:]):
-            if bench and BENCHMARK not in curves[name]:
-                ax.plot(range(len(bench) + 1), [1.0, *bench], color="k", ls="--", label=BENCHMARK)
-        axes[0][0].set_ylabel(f"equity, net of {sig['cost_bps']:g} bps costs")
-        axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "equity.png", dpi=120)
-        plt.close(fig)
-        written.append("equity.png")
-    return written

@@ -1,12 +1,14 @@
 """Supervision for causal-LM fine-tuning: (system, user, answer) -> input_ids + labels masked by position,
 over-long handling (trim the oldest news weeks, or drop), the audit that counts what happened to every
-example, the padding collator and the padding-waste measure. Split off train_lora.py to keep it readable;
-the HITL DPO stage and tests use it too.
+example, the padding collator and the padding-waste measure; and the training rows themselves (train /
+validation rows of a dataset, a carved validation split, human corrections mixed in). Split off
+train_lora.py to keep it readable; the HITL DPO stage and tests use it too.
 """
 import math
 import re
+from pathlib import Path
 
-from dataset_io import length_stats
+from dataset_io import DatasetError, get_split, length_stats, load_forecast_dataset
 from prompt import chat_parts, get_style
 
 OVERLONG = "trim"              # trim the oldest news weeks so instruction + answer survive; or "drop" (upstream)
@@ -199,3 +201,75 @@ def format_audit(audit):
                      f"{'length-grouped' if w['group_by_length'] else 'random'} batches "
                      f"(random batches: {w['random_share']:.1%})")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training rows: a dataset (+ human corrections) -> train / validation rows -> supervised features + audit
+# ---------------------------------------------------------------------------------------------
+def carve_validation(dd, weeks):
+    """Hold out the last `weeks` periods of train (chronological, all symbols) as validation."""
+    from datasets import DatasetDict
+    periods = sorted(set(dd["train"]["period"]))
+    if weeks <= 0 or len(periods) <= weeks:
+        return dd, None
+    held = set(periods[-weeks:])
+    out = DatasetDict(dict(dd))
+    out["validation"] = dd["train"].filter(lambda r: r["period"] in held)
+    out["train"] = dd["train"].filter(lambda r: r["period"] not in held)
+    return out, f"no validation split: held out the last {weeks} train weeks ({min(held)} ... {max(held)})"
+
+
+def prepare_data(args):
+    """(train rows, validation rows, note) under train_lora.py's flags: lists of dicts. The test split is never
+    read. Human-in-the-loop corrections (--hitl_data) are mixed into the train rows here."""
+    dd = load_forecast_dataset(args.dataset, from_remote=args.from_remote, cache_dir=args.cache_dir)
+    get_split(dd, "train", args.dataset)
+    note = None
+    if "validation" not in dd and args.evaluation_strategy != "no":
+        dd, note = carve_validation(dd, args.validation_weeks)
+    columns = ["id", "prompt", "answer", "period", "label", "symbol"]
+    train_rows = dd["train"].select_columns(columns).to_list()
+    val_rows = dd["validation"].select_columns(columns).to_list() if "validation" in dd else []
+    if args.hitl_data:
+        corrections = hitl_rows(args.hitl_data, {r["id"] for r in val_rows})
+        train_rows += [dict(r, id=f"{r['id']}#hitl{k}") for k in range(args.hitl_weight) for r in corrections]
+        note = (note + "; " if note else "") + (f"mixed in {len(corrections)} HITL corrections x "
+                                                 f"{args.hitl_weight} from {args.hitl_data}")
+    if 0 < args.eval_examples < len(val_rows):   # evenly spaced: every symbol and week range stays represented
+        step = len(val_rows) / args.eval_examples
+        val_rows = [val_rows[int(k * step)] for k in range(args.eval_examples)]
+    return train_rows, val_rows, note
+
+
+def hitl_rows(path, validation_ids):
+    """SFT rows of a hitl.py export (DIR/sft or DIR). Corrections of validation examples are allowed (that
+    is where reviews happen) but then that example's validation loss is no longer an honest measure: say so."""
+    folder = Path(path) / "sft" if (Path(path) / "sft").is_dir() else Path(path)
+    try:
+        rows = load_forecast_dataset(folder)["train"].select_columns(
+            ["id", "prompt", "answer", "period", "label", "symbol"]).to_list()
+    except (DatasetError, KeyError) as exc:
+        raise DatasetError(f"--hitl_data {path}: {exc}") from None
+    overlap = [r["id"] for r in rows if r["id"] in validation_ids]
+    if overlap:
+        print(f"note: {len(overlap)} HITL corrections are validation examples (e.g. {overlap[0]}); validation "
+              "metrics on them now measure recall of the correction")
+    return rows
+
+
+def build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_name):
+    """(train features, validation features, audit) under train_lora.py's flags (max_length, overlong,
+    batch size): the audit says what happened to every example and how much padding the batches waste."""
+    train_feats, train_audit = tokenize_split(tokenizer, style, train_rows, args.max_length, args.overlong,
+                                              "tokenize train")
+    val_feats, val_audit = tokenize_split(tokenizer, style, val_rows, args.max_length, args.overlong,
+                                          "tokenize validation")
+    lengths = [f["length"] for f in train_feats]
+    group_size = args.batch_size * args.gradient_accumulation_steps
+    audit = {"max_length": args.max_length, "overlong": args.overlong, "tokenizer": tokenizer_name,
+             "splits": {"train": train_audit, "validation": val_audit},
+             "padding_waste": {"batch_size": args.batch_size, "group_by_length": args.group_by_length,
+                               "measured_share": padding_waste(lengths, args.batch_size, args.group_by_length,
+                                                               args.seed, group_size),
+                               "random_share": padding_waste(lengths, args.batch_size, False, args.seed)}}
+    return train_feats, val_feats, audit

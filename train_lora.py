@@ -26,16 +26,15 @@ import time
 from pathlib import Path
 
 import tracking
-from dataset_io import DatasetError, get_split, load_forecast_dataset
 from dpo_stage import run_dpo
 from errors import ForecasterError, check_args, cli
 from generation import HFGenerator
-from memory import estimate_memory, format_estimate, format_preset_table, preset_table
+from memory import PRESETS, TARGET_MODELS, estimate_memory, format_estimate, format_preset_table, preset_table
 from models import (MODELS, ModelError, default_dtype, environment_info, load_model, load_tokenizer, process_rank,
                     resolve_model, training_engine)
 from prompt import PROMPT_STYLES, get_style
-from supervision import (MIN_ANSWER_TOKENS, OVERLONG, PaddingCollator, format_audit, padding_waste, row_parts,
-                         tokenize_split)
+from supervision import (MIN_ANSWER_TOKENS, OVERLONG, PaddingCollator, build_supervision, format_audit,
+                         prepare_data, row_parts)
 from utils import score_pair, summarize_pairs
 
 # ---------------------------------------------------------------------------------------------
@@ -75,34 +74,6 @@ REPORT_TO = "auto"                     # auto = TensorBoard, plus W&B when WANDB
                                        # or WANDB_MODE=offline; never prompts (tracking.resolve_report_to)
 WANDB_PROJECT = None                   # None = $WANDB_PROJECT, else tracking.PROJECT
 WANDB_LOG_MODEL = False                # adapter folder as a W&B artifact at the end
-# Hardware presets. gpu_memory_gib = the card's memory as torch.cuda reports it (nvidia-smi MiB / 1024); the
-# dry run compares memory.estimate_memory with it (README "Memory estimate" has the per-model verdicts).
-PRESETS = {
-    # T4 (15.0 GiB, no bf16 -> fp16): an 8B model fits only as 4-bit QLoRA + checkpointing at 2048 tokens
-    # (~13.5-13.8 GiB); at 4096 the fp32 logits alone would take 5.9 GiB more
-    "colab-t4": dict(load_in_4bit=True, dtype="fp16", gradient_checkpointing=True, max_length=2048,
-                     batch_size=1, gradient_accumulation_steps=16, gpu_memory_gib=15.0),
-    # L4 ("24 GB" = 22.5 GiB, bf16): bf16 weights (15 GiB) + 4k-token logits (5.9 GiB) + reserve leave no
-    # margin, so 4-bit QLoRA + checkpointing keeps upstream's 4096 tokens with ~4.5 GiB to spare
-    "l4-24g": dict(load_in_4bit=True, dtype="bf16", gradient_checkpointing=True, max_length=4096,
-                   batch_size=1, gradient_accumulation_steps=16, gpu_memory_gib=22.5),
-    # A100-40GB: 8B bf16 weights (15 GiB) + 2 x 4k tokens need checkpointing (~30-31 GiB)
-    "a100-40g": dict(dtype="bf16", gradient_checkpointing=True, max_length=4096, batch_size=2,
-                     gradient_accumulation_steps=8, gpu_memory_gib=40.0),
-    # H100 80GB (79.6 GiB): holds 4k-token activations without checkpointing (~53 GiB; about 1/3 faster)
-    "h100-80g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=1,
-                     gradient_accumulation_steps=16, gpu_memory_gib=79.6),
-    # A100-80GB: the same memory and bf16 as the H100, so the same settings (its own entry so a runtime
-    # check can name the card); upstream users ran 8-bit there, which bf16 LoRA does not need (~53 GiB)
-    "a100-80g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=1,
-                     gradient_accumulation_steps=16, gpu_memory_gib=80.0),
-    # H200 (140.4 GiB): two 4k-token examples per micro-batch without checkpointing (~96 GiB)
-    "h200-141g": dict(dtype="bf16", gradient_checkpointing=False, max_length=4096, batch_size=2,
-                      gradient_accumulation_steps=8, gpu_memory_gib=140.4),
-    # the embedded model on a laptop/CI CPU
-    "cpu": dict(max_length=1024, batch_size=1, gradient_accumulation_steps=4, eval_steps=10, save_steps=10),
-}
-TARGET_MODELS = ("llama3.1-8b", "deepseek-r1-distill-llama-8b", "qwen2.5-7b-instruct")   # the dry run's verdict table
 
 
 def build_parser(suppress_defaults=False):
@@ -279,76 +250,6 @@ def validate_args(args):
 def fsdp_requested():
     """True when launched by `accelerate launch --use_fsdp` (it tells the ranks through the environment)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-def carve_validation(dd, weeks):
-    """Hold out the last `weeks` periods of train (chronological, all symbols) as validation."""
-    from datasets import DatasetDict
-    periods = sorted(set(dd["train"]["period"]))
-    if weeks <= 0 or len(periods) <= weeks:
-        return dd, None
-    held = set(periods[-weeks:])
-    out = DatasetDict(dict(dd))
-    out["validation"] = dd["train"].filter(lambda r: r["period"] in held)
-    out["train"] = dd["train"].filter(lambda r: r["period"] not in held)
-    return out, f"no validation split: held out the last {weeks} train weeks ({min(held)} ... {max(held)})"
-
-
-def prepare_data(args):
-    """Train and validation rows (lists of dicts). The test split is never read.
-    (Later: human-in-the-loop corrections are mixed into the train rows here.)"""
-    dd = load_forecast_dataset(args.dataset, from_remote=args.from_remote, cache_dir=args.cache_dir)
-    get_split(dd, "train", args.dataset)
-    note = None
-    if "validation" not in dd and args.evaluation_strategy != "no":
-        dd, note = carve_validation(dd, args.validation_weeks)
-    columns = ["id", "prompt", "answer", "period", "label", "symbol"]
-    train_rows = dd["train"].select_columns(columns).to_list()
-    val_rows = dd["validation"].select_columns(columns).to_list() if "validation" in dd else []
-    if args.hitl_data:
-        corrections = hitl_rows(args.hitl_data, {r["id"] for r in val_rows})
-        train_rows += [dict(r, id=f"{r['id']}#hitl{k}") for k in range(args.hitl_weight) for r in corrections]
-        note = (note + "; " if note else "") + (f"mixed in {len(corrections)} HITL corrections x "
-                                                 f"{args.hitl_weight} from {args.hitl_data}")
-    if 0 < args.eval_examples < len(val_rows):   # evenly spaced: every symbol and week range stays represented
-        step = len(val_rows) / args.eval_examples
-        val_rows = [val_rows[int(k * step)] for k in range(args.eval_examples)]
-    return train_rows, val_rows, note
-
-
-def hitl_rows(path, validation_ids):
-    """SFT rows of a hitl.py export (DIR/sft or DIR). Corrections of validation examples are allowed (that
-    is where reviews happen) but then that example's validation loss is no longer an honest measure: say so."""
-    folder = Path(path) / "sft" if (Path(path) / "sft").is_dir() else Path(path)
-    try:
-        rows = load_forecast_dataset(folder)["train"].select_columns(
-            ["id", "prompt", "answer", "period", "label", "symbol"]).to_list()
-    except (DatasetError, KeyError) as exc:
-        raise TrainError(f"--hitl_data {path}: {exc}")
-    overlap = [r["id"] for r in rows if r["id"] in validation_ids]
-    if overlap:
-        print(f"note: {len(overlap)} HITL corrections are validation examples (e.g. {overlap[0]}); validation "
-              "metrics on them now measure recall of the correction")
-    return rows
-
-
-def build_supervision(args, tokenizer, style, train_rows, val_rows, tokenizer_name):
-    train_feats, train_audit = tokenize_split(tokenizer, style, train_rows, args.max_length, args.overlong,
-                                              "tokenize train")
-    val_feats, val_audit = tokenize_split(tokenizer, style, val_rows, args.max_length, args.overlong,
-                                          "tokenize validation")
-    lengths = [f["length"] for f in train_feats]
-    group_size = args.batch_size * args.gradient_accumulation_steps
-    audit = {"max_length": args.max_length, "overlong": args.overlong, "tokenizer": tokenizer_name,
-             "splits": {"train": train_audit, "validation": val_audit},
-             "padding_waste": {"batch_size": args.batch_size, "group_by_length": args.group_by_length,
-                               "measured_share": padding_waste(lengths, args.batch_size, args.group_by_length,
-                                                               args.seed, group_size),
-                               "random_share": padding_waste(lengths, args.batch_size, False, args.seed)}}
-    return train_feats, val_feats, audit
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import comparison  # noqa: E402
+from clustered_stats import week_blocked_bootstrap, week_sign_flip_test  # noqa: E402
 from prompt import label_from_return, wrap_public_prompt  # noqa: E402
+from scoring import compare, last_week_move  # noqa: E402
 
 SYMBOLS = ["AAA", "BBB", "CCC"]
 WEEKS = [f"2024-0{m}-0{d} to 2024-0{m}-{d + 7:02d}" for m, d in ((2, 4), (3, 3), (4, 7), (5, 5))]
@@ -129,7 +131,7 @@ def test_comparison_end_to_end_writes_tables_baselines_cis_and_plots(two_runs, c
 
 def test_reference_run_replaces_the_dataset_answers(two_runs):
     root, _, oracle, sloppy = two_runs
-    report = comparison.compare([str(sloppy)], reference=str(oracle), samples=200)
+    report, _ = compare([str(sloppy)], reference=str(oracle), samples=200)
     m = report["rows"]["sloppy"]["metrics"]
     assert report["reference"] == "oracle"
     # agreement with the oracle's outputs equals accuracy here, since the oracle is always right
@@ -138,7 +140,7 @@ def test_reference_run_replaces_the_dataset_answers(two_runs):
 
 def test_without_a_dataset_baselines_fall_back_and_say_so(two_runs):
     root, _, oracle, _ = two_runs
-    report = comparison.compare([str(oracle)], dataset=str(root / "missing"), samples=200)
+    report, _ = compare([str(oracle)], dataset=str(root / "missing"), samples=200)
     assert "momentum" not in report["rows"]
     assert "SCORED labels" in report["rows"]["majority"]["note"]
     assert report["long_short_returns_from"].startswith("label bin midpoints")
@@ -149,17 +151,17 @@ def test_week_clustered_test_and_bootstrap_use_whole_weeks():
     better = [1] * 9
     worse = [0] * 9
     # 3 weeks: 8 sign patterns, only the 2 extreme ones reach |sum| = 9 -> p = 2/8
-    assert comparison.week_sign_flip_test(better, worse, weeks) == pytest.approx(0.25)
-    lo, hi = comparison.week_blocked_bootstrap(np.array([[1, 0, 0] * 3]).T.reshape(9, 1), weeks, samples=200)
+    assert week_sign_flip_test(better, worse, weeks) == pytest.approx(0.25)
+    lo, hi = week_blocked_bootstrap(np.array([[1, 0, 0] * 3]).T.reshape(9, 1), weeks, samples=200)
     assert lo[0] == pytest.approx(1 / 3) and hi[0] == pytest.approx(1 / 3)   # every week has 1 of 3 right
 
 
 def test_last_week_move_reads_names_with_apostrophes_and_unchanged_weeks():
     text = ("From 2024-01-07 to 2024-01-14, McDonald's Corp's stock price increased from 100.00 to 107.00. "
             "From 2024-01-14 to 2024-01-21, McDonald's Corp's stock price was unchanged at 107.00.")
-    assert comparison.last_week_move(text) == "U1"
-    assert comparison.last_week_move(text.split(" From")[0]) == "U5+"
-    assert comparison.last_week_move("no prices here") is None
+    assert last_week_move(text) == "U1"
+    assert last_week_move(text.split(" From")[0]) == "U5+"
+    assert last_week_move("no prices here") is None
 
 
 def test_missing_run_dir_is_one_error_line(tmp_path, capsys):

@@ -1,10 +1,6 @@
 """Building datasets: weekly windows, leak rules on provenance dates, splits, determinism, resume; one
 `Error:` line for every bad input."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +12,6 @@ from prompt import parse_answer
 from sources import SampleSource
 from teachers import OfflineTeacher
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -212,53 +207,7 @@ def test_a_bug_keeps_its_traceback_instead_of_becoming_an_error_line(tmp_path, m
         dp.main(["--out", str(tmp_path / "ds"), "--start", "2012-06-03", "--end", "2012-09-30"])
 
 
-def _duplicate_ids(folder):
-    row = {"prompt": "p", "answer": "a", "period": "2024-01-07 to 2024-01-14", "label": "up by 0-1%",
-           "symbol": "AAPL"}
-    path = folder / "dupes.jsonl"
-    path.write_text((json.dumps(row) + "\n") * 2)
-    return path
-
-
-def _not_json_lines(folder):
-    path = folder / "bad.jsonl"
-    path.write_text("this is not json\n{\"prompt\": \n")
-    return path
-
-
-def _empty_folder(folder):
-    (folder / "empty").mkdir()
-    return folder / "empty"
-
-
-BAD_INPUTS = {      # name: (arguments, a fixture writing the input or None, words the Error: line must hold)
-    "check a missing path": (["--check", "{input}"], lambda d: d / "missing", "no such file or folder"),
-    "check an empty folder": (["--check", "{input}"], _empty_folder, "no saved dataset"),
-    "check a file of invalid JSON lines": (["--check", "{input}"], _not_json_lines, "not a JSON lines file"),
-    "check a dataset with duplicate ids": (["--check", "{input}"], _duplicate_ids, "duplicate example ids"),
-    "sample with an unknown ticker": (["--source", "sample", "--tickers", "ZZZZ", "--out", "ds"], None,
-                                      "ZZZZ: not in the offline sample"),
-    "sample with dates outside it": (["--source", "sample", "--start", "1999-01-03", "--end", "1999-06-27",
-                                      "--out", "ds"], None, "outside the offline sample"),
-    "finnhub with no key set": (["--source", "finnhub", "--tickers", "AAPL", "--start", "2024-01-07", "--end",
-                                 "2024-02-04", "--out", "ds"], None, "needs an API key: set FINNHUB_KEY"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_error_line_and_exit_1_without_a_traceback(case, tmp_path):
-    arguments, make_input, words = BAD_INPUTS[case]
-    given = make_input(tmp_path) if make_input else None
-    env = {k: v for k, v in os.environ.items() if k not in ("FINNHUB_KEY", "OPENAI_API_KEY", "OPENAI_KEY")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    # cwd = a fresh folder: the .env lookup starts there, so a developer's own .env (and key) cannot leak in
-    proc = subprocess.run([sys.executable, str(ROOT / "data_pipeline.py"),
-                           *[a.format(input=given) for a in arguments]],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert proc.returncode == 1, proc.stderr
-    assert len(errors) == 1 and words in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+# The bad-input table (--check, --source sample/finnhub) is in tests/test_bad_input.py, beside every other CLI's.
 
 
 class CountingTeacher(OfflineTeacher):

@@ -5,12 +5,8 @@ tests/test_hitl_browser.py.
 """
 import doctest
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
@@ -297,15 +293,6 @@ def test_a_missing_run_file_is_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("Error:") and "missing run.json, predictions.jsonl" in err[0]
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args, cwd):
-    """`python hitl.py ARGS` as a user runs it: hitl is __main__, so an error class imported twice
-    (once as hitl, once as __main__) would escape main's except as a traceback."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "hitl.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 def make_db_without_reviews(root):
@@ -314,21 +301,7 @@ def make_db_without_reviews(root):
     return db
 
 
-@pytest.mark.parametrize("args, message", [
-    (["serve", "--runs", "no-such-run", "--db", "r.sqlite"], "--runs no-such-run: no such folder"),
-    (["export", "--db", "missing.sqlite", "--out", "x"], "--db missing.sqlite: no such file"),
-    (["export", "--db", "no-reviews.sqlite", "--out", "x"], "holds no reviews yet"),
-    (["export", "--db", "zero-bytes.sqlite", "--out", "x"], "not a review db from `hitl.py serve`"),
-])
-def test_bad_cli_input_is_one_error_line_exit_1_and_no_traceback(tmp_path, args, message):
-    make_db_without_reviews(tmp_path)
-    (tmp_path / "zero-bytes.sqlite").touch()
-    done = run_cli(*args, cwd=tmp_path)
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    errors = done.stderr.strip().splitlines()
-    assert len(errors) == 1 and errors[0].startswith("Error: ") and message in errors[0], done.stderr
-    assert not (tmp_path / "x").exists() and not (tmp_path / "r.sqlite").exists()
+# The bad-input table of `python hitl.py serve/export` is in tests/test_bad_input.py, beside every other CLI's.
 
 
 def test_every_problem_with_the_command_line_is_named_at_once(tmp_path, capsys):

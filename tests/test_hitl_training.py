@@ -6,6 +6,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 import hitl
+import supervision
 import train_lora
 from test_hitl import answer, make_dataset, make_run, review, validation_ids
 
@@ -37,7 +38,7 @@ def test_hitl_corrections_are_upsampled_into_the_training_split(export_and_sft):
     root, data, sft, _ = export_and_sft
     exported = json.loads((root / "export" / "export.json").read_text())
     audit = json.loads((sft / "audit.json").read_text())
-    corrections = train_lora.hitl_rows(root / "export", set())
+    corrections = supervision.hitl_rows(root / "export", set())
     assert len(corrections) >= 1 and any("Corrected: weak demand." in r["answer"] for r in corrections)
     assert audit["splits"]["train"]["examples_in"] == 6 + 3 * len(corrections)   # 6 train rows + 3 copies each
     assert exported["counts"]["SFT rows from corrections"] == 1

@@ -324,7 +324,7 @@ def test_hf_run_writes_a_run_dir_comparison_can_read(embedded_fp32, dataset, tmp
     assert manifest["model"] == "smollm2-135m" and manifest["prompt_style"] == "chatml"
     assert manifest["dtype"] == "fp32" and manifest["decoding"]["do_sample"] is False
     assert manifest["tokens_per_s"] > 0
-    report = comparison.compare([str(out)], samples=200)
+    report, _ = comparison.compare([str(out)], samples=200)
     assert report["rows"][out.name]["metrics"]["n"] == 3
 
 

@@ -174,3 +174,124 @@ def test_each_shared_helper_and_constant_is_defined_once():
         assert not where, f"{name} is back in {where}: use the one shared definition"
     literal = sorted(p.stem for p in ROOT.glob("*.py") if '"FORECASTER_CACHE"' in p.read_text())
     assert literal == ["models"], f"the FORECASTER_CACHE name is spelled out in {literal}; import models.CACHE_ENV"
+
+
+# (e) One way to fail: one base class, one wrapper, helpers raise.
+def domain_errors():
+    """{(module, class name): class} for every exception class defined in a project module."""
+    found = {}
+    for name in top_level_modules():
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == name:
+                found[(name, attr)] = value
+    return found
+
+
+def test_every_domain_error_subclasses_the_one_base():
+    from errors import ForecasterError
+    errors = domain_errors()
+    assert len(errors) >= 15                   # DatasetError, RunError, ModelError, ... (a vacuous pass fails)
+    strays = sorted(f"{m}.{c}" for (m, c), cls in errors.items() if not issubclass(cls, ForecasterError))
+    assert strays == [], f"not subclasses of errors.ForecasterError: {strays}"
+
+
+def functions_named(tree, name):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
+
+
+def failure_idiom_problems(root=ROOT):
+    """'file:line: ...' for each way to fail other than raising a ForecasterError: sys.exit outside the
+    `if __name__ == "__main__"` block, a printed `Error:` line outside errors.py, an `except` in a script's
+    main, and a script main not wrapped by errors.cli."""
+    problems = []
+    modules = top_level_modules(root)
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        main_block = set()
+        for node in tree.body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                main_block.update(id(n) for n in ast.walk(node))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.exit", "exit", "quit") \
+                    and id(node) not in main_block:
+                problems.append(f"{path.name}:{node.lineno}: sys.exit in a helper (raise a ForecasterError)")
+            if name != "errors" and isinstance(node, ast.Call) and ast.unparse(node.func) == "print" and node.args \
+                    and isinstance(node.args[0], (ast.Constant, ast.JoinedStr)) \
+                    and ast.unparse(node.args[0]).lstrip("f").strip("'\"").startswith("Error:"):
+                problems.append(f"{path.name}:{node.lineno}: prints its own Error: line (raise; errors.cli prints)")
+        if name in scripts(modules):
+            for main in functions_named(tree, "main"):
+                if not any(ast.unparse(d) in ("cli", "errors.cli") for d in main.decorator_list):
+                    problems.append(f"{path.name}:{main.lineno}: main is not wrapped by errors.cli")
+                problems += [f"{path.name}:{n.lineno}: `except` in main (errors.cli is the one handler)"
+                             for n in ast.walk(main) if isinstance(n, ast.ExceptHandler)]
+    return problems
+
+
+def test_one_way_to_fail():
+    assert failure_idiom_problems() == []
+
+
+def test_the_failure_checker_finds_each_idiom(tmp_path):
+    (tmp_path / "stage.py").write_text(
+        "import sys\n"
+        "def helper():\n    sys.exit(1)\n"
+        "def warn():\n    print(f'Error: {1}', file=sys.stderr)\n"
+        "def main(argv=None):\n    try:\n        helper()\n    except ValueError:\n        return 1\n"
+        "if __name__ == '__main__':\n    sys.exit(main())\n")
+    problems = failure_idiom_problems(tmp_path)
+    assert problems == ["stage.py:3: sys.exit in a helper (raise a ForecasterError)",
+                        "stage.py:5: prints its own Error: line (raise; errors.cli prints)",
+                        "stage.py:6: main is not wrapped by errors.cli",
+                        "stage.py:9: `except` in main (errors.cli is the one handler)"]
+
+
+# (f) Project imports at the top of each file; inside a function only a module that is heavy to import (it
+# loads torch, pandas, ... when imported), so `--help` and the light stages stay light.
+HEAVY_LIBRARIES = ("torch", "transformers", "datasets", "pandas", "matplotlib", "deepspeed", "bitsandbytes", "vllm",
+                   "peft", "trl")
+HEAVY_PROBE = "import sys, {module}; print(','.join(m for m in {libraries!r} if m in sys.modules))"
+
+
+def lazy_project_imports(root=ROOT):
+    """{imported module: ['file:line', ...]} for every project import made inside a function."""
+    modules = top_level_modules(root)
+    found = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                targets = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                           else [node.module] if node.level == 0 and node.module else [])
+                for target in (t.split(".")[0] for t in targets):
+                    if target in modules and target != name:
+                        found.setdefault(target, []).append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def heavy_libraries_loaded_by(module, root=ROOT):
+    proc = subprocess.run([sys.executable, "-c", HEAVY_PROBE.format(module=module, libraries=HEAVY_LIBRARIES)],
+                          cwd=root, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [m for m in proc.stdout.strip().splitlines()[-1].split(",") if m] if proc.stdout.strip() else []
+
+
+def test_project_imports_are_at_the_top_unless_the_module_is_heavy():
+    problems = []
+    for module, where in sorted(lazy_project_imports().items()):
+        if not heavy_libraries_loaded_by(module):
+            problems += [f"{w}: imports {module} inside a function (it loads no heavy library: import it at the "
+                         "top)" for w in where]
+    assert problems == []
+
+
+def test_the_lazy_import_checker_tells_heavy_from_light(tmp_path):
+    (tmp_path / "light.py").write_text("import json\n")
+    (tmp_path / "heavy.py").write_text("import pandas\n")
+    (tmp_path / "user.py").write_text("def f():\n    import light\n\n\ndef g():\n    from heavy import x\n")
+    assert lazy_project_imports(tmp_path) == {"light": ["user.py:2"], "heavy": ["user.py:6"]}
+    assert heavy_libraries_loaded_by("light", tmp_path) == []
+    assert heavy_libraries_loaded_by("heavy", tmp_path) == ["pandas"]

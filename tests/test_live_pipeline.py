@@ -17,7 +17,7 @@ import market_calendar
 import records
 from dataset_io import load_forecast_dataset
 from fake_servers import GOOD_ANSWER, FakeFinnhub, FakeOpenAI
-from sources import SYMBOL_MAPS, FinnhubData, RateLimiter, SimulatedClock, YFinancePrices
+from live_sources import SYMBOL_MAPS, FinnhubData, RateLimiter, SimulatedClock, YFinancePrices
 
 ROOT = Path(__file__).resolve().parents[1]
 FINNHUB_KEY = "fake-finnhub-key-for-tests-0123"
@@ -62,7 +62,7 @@ def test_live_build_end_to_end_with_an_unknown_ticker(servers, tmp_path, capsys)
     finnhub, openai_server = servers
     assert dp.main(live_args(tmp_path)) == 0
     err = capsys.readouterr().err
-    assert "Error: ZZZ: skipped" in err and "empty profile" in err and "outside North America" in err
+    assert "Warning: ZZZ: skipped" in err and "empty profile" in err and "outside North America" in err
     assert "Warning" not in err                                           # the range is inside the news year
     dd = load_forecast_dataset(tmp_path / "ds")
     rows = [r for split in dd.values() for r in split]

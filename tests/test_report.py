@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import comparison
 import data_pipeline
 import hitl
 import hitl_export
 import report
+from comparison_files import write_outputs
 from dataset_io import load_forecast_dataset
+from scoring import compare
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -111,8 +112,8 @@ def artifacts(tmp_path_factory):
     lora = write_run(root, "lora", test, lambda k, r: flip(r["answer"]) if k % 3 == 0 else r["answer"],
                      adapter=str(root / "lora-demo"), dataset=dataset)
     train_dir = write_train_dir(root)
-    compared = comparison.compare([base, lora], samples=300)
-    comparison.write_outputs(compared, root / "compare")
+    compared, details = compare([base, lora], samples=300)
+    write_outputs(compared, details, root / "compare")
     # reviews of VALIDATION runs (the export refuses test ids), two reviewers, then an export beside the db
     val_a = write_run(root, "lora-val", validation, lambda k, r: r["answer"], split="validation", dataset=dataset)
     val_b = write_run(root, "base-val", validation, lambda k, r: generic, split="validation", dataset=dataset)

@@ -2,7 +2,7 @@
 
 The training run is the real command line (a subprocess, OMP_NUM_THREADS=1) on the embedded model; what
 it logged is read back from the offline run's .wandb file with wandb's own record schema
-(tracking.read_offline_run), never by grepping. A fake API key sits in the environment and must not
+(wandb_reader.read_offline_run), never by grepping. A fake API key sits in the environment and must not
 appear in any file written or in the output.
 """
 import json
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import tracking
+import wandb_reader
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "fake" + "0123456789abcdef" * 2 + "feedbeef"      # 40 characters, the shape of a real key
@@ -66,7 +67,7 @@ def offline_training(short_forecast_dataset, embedded_model_dir, tmp_path_factor
     assert rc == 0, log[-3000:]
     folders = sorted((out / "wandb").glob("offline-run-*"))
     assert len(folders) == 1, log[-2000:]
-    return {"out": out, "log": log, "tmp": tmp, "run": tracking.read_offline_run(folders[0])}
+    return {"out": out, "log": log, "tmp": tmp, "run": wandb_reader.read_offline_run(folders[0])}
 
 
 def test_offline_training_run_carries_config_naming_and_tags(offline_training, short_forecast_dataset):
@@ -104,7 +105,7 @@ def test_offline_training_history_has_losses_task_metrics_and_throughput_on_one_
 
 
 def test_offline_training_logs_a_generations_table_per_eval_and_saves_them_beside_the_adapter(offline_training):
-    tables = tracking.read_table(offline_training["run"], "eval/generations")
+    tables = wandb_reader.read_table(offline_training["run"], "eval/generations")
     assert len(tables) == 1
     row, table = tables[0]
     assert row["train/global_step"] == 2 and table["columns"] == tracking.GENERATION_COLUMNS
@@ -197,7 +198,7 @@ def test_inference_and_comparison_log_to_the_same_project(offline_training, shor
     assert inference.main(["--adapter", str(offline_training["out"]), "--dataset", str(short_forecast_dataset),
                            "--split", "test", "--limit", "2", "--max_new_tokens", "4", "--dtype", "fp32", "--quiet",
                            "--out", str(tmp_path / "lora"), "--wandb_project", "forecaster-tests"]) == 0
-    logged = tracking.read_offline_run(next((tmp_path / "lora" / "wandb").glob("offline-run-*")))
+    logged = wandb_reader.read_offline_run(next((tmp_path / "lora" / "wandb").glob("offline-run-*")))
     assert logged["run"]["project"] == "forecaster-tests" and logged["run"]["job_type"] == "inference"
     assert logged["config"]["manifest"]["adapter"] == str(offline_training["out"].resolve())
     assert logged["summary"]["tokens_per_s"] > 0 and logged["summary"]["latency_s/p50"] > 0
@@ -205,17 +206,17 @@ def test_inference_and_comparison_log_to_the_same_project(offline_training, shor
     assert histogram["_type"] == "histogram" and sum(histogram["values"]) == 2
     assert comparison.main([str(tmp_path / "lora"), "--out", str(tmp_path / "cmp"), "--bootstrap", "200",
                             "--wandb_project", "forecaster-tests"]) == 0
-    logged = tracking.read_offline_run(next((tmp_path / "cmp" / "wandb").glob("offline-run-*")))
+    logged = wandb_reader.read_offline_run(next((tmp_path / "cmp" / "wandb").glob("offline-run-*")))
     assert logged["run"]["project"] == "forecaster-tests" and logged["run"]["job_type"] == "comparison"
-    (_, metrics), = tracking.read_table(logged, "metrics")
+    (_, metrics), = wandb_reader.read_table(logged, "metrics")
     names = [row[0] for row in metrics["data"]]
     assert names[0] == "lora" and {"majority", "always-up"} <= set(names)     # one row per run and per baseline
     if (tmp_path / "cmp" / "per_sample.csv").exists():         # comparison.py's per-sample scores
-        (_, scores), = tracking.read_table(logged, "per_sample")
+        (_, scores), = wandb_reader.read_table(logged, "per_sample")
         rows = [dict(zip(scores["columns"], r)) for r in scores["data"]]
         assert len(rows) == 2 and {r["id"] for r in rows} == set(logged_ids(tmp_path / "lora"))
     else:
-        assert tracking.read_table(logged, "per_run_metrics")
+        assert wandb_reader.read_table(logged, "per_run_metrics")
     assert files_containing(tmp_path, FAKE_KEY) == []
 
 
@@ -231,6 +232,6 @@ def test_a_crashed_run_without_wandb_run_json_is_still_found(offline_training, t
     import shutil
     copy = tmp_path / "adapter"
     shutil.copytree(offline_training["out"] / "wandb", copy / "wandb")
-    found = tracking.find_runs(copy)
+    found = wandb_reader.find_runs(copy)
     assert [r["id"] for r in found] == [offline_training["run"]["run"]["id"]]
     assert found[0]["project"] == "forecaster-tests" and found[0]["mode"] == "offline"
