@@ -10,10 +10,9 @@ Every number is read from what the stages recorded (environment.json / run.json,
 audit.json, timing.json, trainer_state.json, metrics.json, the review db); the machine the report runs on
 is described only with --describe_this_machine. A section without its input is left out with one line
 naming the flag that would fill it. report.html embeds its figures as data URIs: no external URL.
-
-This script checks the inputs and assembles the report; the sections are built by report_sections.py
-(1, 2, 3, 5) and report_evaluation.py (4, 6), and rendered by report_document.py.
 """
+# This script checks the inputs and assembles the report; report_sections.py (sections 1, 2, 3, 5) and
+# report_evaluation.py (4, 6) build the sections, report_document.py renders them.
 import argparse
 import sys
 import time

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import comparison  # noqa: E402
 from clustered_stats import week_blocked_bootstrap, week_sign_flip_test  # noqa: E402
+from comparison_files import write_outputs  # noqa: E402
 from prompt import label_from_return, wrap_public_prompt  # noqa: E402
 from scoring import compare, last_week_move  # noqa: E402
 
@@ -127,6 +128,18 @@ def test_comparison_end_to_end_writes_tables_baselines_cis_and_plots(two_runs, c
     assert "Decoding settings differ" in printed and "Compared 2 run(s) on 11 shared ids" in printed
     csv_text = (out / "metrics.csv").read_text().splitlines()
     assert csv_text[0].startswith("name,kind,n,parsed") and len(csv_text) == 6
+
+
+def test_compare_returns_the_latencies_beside_the_report_and_metrics_json_is_that_report(two_runs):
+    root, _, oracle, sloppy = two_runs
+    report, details = compare([str(oracle), str(sloppy)], samples=200)
+    assert not [k for k in report if k.startswith("_")]               # nothing private travels inside the report
+    assert details.latencies == {"oracle": [0.5] * 11, "sloppy": [0.5] * 11}
+    assert len(details.per_sample) == 2 * 11 and details.backtest and set(details.equity) >= {"oracle", "sloppy"}
+    expected = json.loads(json.dumps(report))
+    write_outputs(report, details, root / "cmp")
+    assert json.loads((root / "cmp" / "metrics.json").read_text()) == expected == report   # written, not changed
+    assert (root / "cmp" / "latency.png").stat().st_size > 0
 
 
 def test_reference_run_replaces_the_dataset_answers(two_runs):
