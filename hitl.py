@@ -27,7 +27,7 @@ from errors import check_args, cli
 from hitl_export import INCLUDE_HINDSIGHT_EDITS, MIN_MEAN_RATING_FOR_SFT, export, export_problems, format_report
 from prompt import parse_answer, split_public_prompt
 from review_store import RATING_SCALE, REVIEW_FIELDS, SLOTS, HitlError, ReviewStore
-from runs import MANIFEST, RunError, run_dir_problem, run_style, load_run as read_run_dir
+from runs import MANIFEST, load_run, run_dir_problem, run_style
 
 # ---------------------------------------------------------------------------------------------
 # Defaults (CLI flags mirror these one to one)
@@ -59,14 +59,11 @@ def parsed_summary(text):
 # ---------------------------------------------------------------------------------------------
 # Loading run dirs (serve only)
 # ---------------------------------------------------------------------------------------------
-def load_run(run_dir):
-    """A run dir (read by runs.py, the format's owner) with what the review page needs: prompt style,
+def review_run(run_dir):
+    """A run dir (read by runs.load_run, the format's owner) with what the review page needs: prompt style,
     dataset path and a digest of its predictions."""
-    try:
-        run = read_run_dir(run_dir)
-        style = run_style(run["manifest"])
-    except RunError as exc:
-        raise HitlError(str(exc)) from None
+    run = load_run(run_dir)
+    style = run_style(run["manifest"])
     run_dir, manifest, predictions_path = Path(run_dir), run["manifest"], run["predictions_path"]
     if run["skipped_lines"]:
         print(f"note: {predictions_path}: skipped {run['skipped_lines']} unreadable line(s) (a run killed mid-write); "
@@ -86,7 +83,7 @@ def load_review_set(run_dirs):
     """Runs + the dataset rows their ids point to -> records for the store."""
     if not 1 <= len(run_dirs) <= MAX_RUNS:
         raise HitlError(f"--runs takes 1 or {MAX_RUNS} run dirs, got {len(run_dirs)}")
-    runs = [load_run(d) for d in run_dirs]
+    runs = [review_run(d) for d in run_dirs]
     rows_by_id, split_of = {}, {}
     for path in dict.fromkeys(r["data_path"] for r in runs):
         dd = load_forecast_dataset(path)

@@ -150,8 +150,16 @@ DEFINED_ONCE = {
     "run_style": "runs", "style_for": "runs",            # one way to find a run's prompt style
     "_PREDICTION_LINE_RE": "prompt",                     # the Prediction-line regex (parser and export)
     "CACHE_ENV": "models",                               # the FORECASTER_CACHE variable name
+    "package_versions": "models",                        # versions in every manifest (was data_pipeline._versions)
+    "ci_text": "comparison_files",                       # a CI as table text (was report._ci_text, signals._ci)
+    "BOOTSTRAP_SAMPLES": "clustered_stats", "CONFIDENCE": "clustered_stats",   # were in scoring and signals
+    "GREEDY": "generation", "stop_rule": "generation",  # one meaning of greedy, one stop rule per style
+    "plan_batches": "generation", "HFGenerator": "generation", "Generated": "generation",
+    "chat_parts": "prompt",                              # (system, user) of a row, for training and inference
+    "load_run": "runs",                                  # one run-dir reader (was in comparison, hitl, scoring)
+    "ForecasterError": "errors", "cli": "errors",        # one way to fail
 }
-RETIRED = ("_stats", "_f", "_p", "resolve_style")
+RETIRED = ("_stats", "_f", "_p", "resolve_style", "_versions", "_ci", "_ci_text", "fail")
 
 
 def top_level_definitions(path):
