@@ -124,10 +124,10 @@ MUTATE_TESTS_records := tests/test_data_pipeline.py tests/test_promise_edges.py 
 
 MUTATE_runs := $(call mutate_fns,runs,read_predictions read_done resume_conflicts differing_keys) \
 	$(foreach m,__init__ write __exit__,runs.xǁRunWriterǁ$(m)__mutmut_*)
-MUTATE_TESTS_runs = tests/test_runs.py tests/test_mutation_runs.py $(MUTATE_TESTS_inference)
+MUTATE_TESTS_runs = tests/test_runs.py $(MUTATE_TESTS_inference)
 
 MUTATE_inference := $(call mutate_fns,inference,run_dataset)
-MUTATE_TESTS_inference := tests/test_promise_edges.py $(addprefix tests/test_inference.py::test_,\
+MUTATE_TESTS_inference := tests/test_mutation_runs.py $(addprefix tests/test_inference.py::test_,\
 	failed_requests_are_not_written_and_a_rerun_fills_them killed_run_resumes_without_duplicate_ids \
 	resuming_with_other_settings_is_refused openai_backend_scores_a_server_like_any_other_run \
 	hitting_max_tokens_is_recorded)

@@ -61,19 +61,17 @@ def weekly_windows(closes, first_sunday, last_sunday, unfinished_from=None):
     """
     closes = closes.dropna().sort_index()
     sundays = pd.date_range(pd.Timestamp(first_sunday), pd.Timestamp(last_sunday), freq="W-SUN")
-    if unfinished_from is not None:
-        unfinished_from = pd.Timestamp(unfinished_from)
-        closes = closes.loc[closes.index < unfinished_from]
-        sundays = sundays[sundays < unfinished_from]
+    if unfinished_from is not None:   # a Sunday before it reads only closes before it: later bars are never seen
+        sundays = sundays[sundays < pd.Timestamp(unfinished_from)]
     points = []
     for s in sundays:
         known = closes.loc[:s]
-        if known.empty:
+        if known.empty:   # only leading Sundays (before the first price: a later listing), so points stay weekly
             continue
         points.append((s, known.index[-1], float(known.iloc[-1])))
     weeks = []
     for (s0, d0, p0), (s1, d1, p1) in zip(points, points[1:]):
-        if (s1 - s0).days != 7 or d0 == d1 and (s1 - d1).days > 7:   # gap in the price history
+        if d0 == d1:                  # no close inside the week: a gap in the price history, nothing to label
             continue
         weeks.append({"start": _date(s0), "end": _date(s1), "start_price": p0, "end_price": p1,
                       "start_price_date": _date(d0), "end_price_date": _date(d1),
