@@ -32,7 +32,7 @@ import run_import
 import runs
 import tracking
 from dataset_io import dataset_fingerprint, get_split, load_forecast_dataset
-from errors import check_args, cli
+from errors import ForecasterError, check_args, cli
 from generation import (GPU_MEMORY_UTILIZATION, TOP_LOGPROBS, HFGenerator, InferenceError, OpenAIGenerator,
                         VLLMGenerator, plan_batches, vllm_max_model_len)
 from openai_chat import openai_api_key
@@ -185,8 +185,8 @@ def build_live_prompt(ticker, date, n_weeks=N_WEEKS, use_basics=False, source="s
 def live_forecast(args):
     try:
         live = build_live_prompt(args.ticker, args.date, args.n_weeks, args.use_basics, args.source)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise InferenceError(f"--ticker {args.ticker}: {exc.args[0] if exc.args else exc}") from None
+    except ForecasterError as exc:              # no such symbol, no prices then, a source that cannot answer
+        raise InferenceError(f"--ticker {args.ticker}: {exc}") from None
     print(live["info"])
     row = {"id": f"{args.ticker}|{live.get('period', args.date)}", "prompt": None}
     if args.backend == "openai":

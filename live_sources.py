@@ -71,6 +71,18 @@ class SourceFatalError(ForecasterError, RuntimeError):
     """No call to this source can succeed (a rejected key): stop the whole build, not one ticker."""
 
 
+class UnknownSymbolError(ForecasterError, KeyError):
+    """A source has no such symbol, or no data for it in the range asked: the build skips that ticker, a live
+    forecast stops with one `Error:` line. A KeyError, as the source protocol has always signalled it."""
+
+    def __str__(self):                          # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SourceUnavailableError(ForecasterError, RuntimeError):
+    """A source cannot answer now (a package missing, retries exhausted): the message says what to do."""
+
+
 class FinnhubError(ForecasterError, RuntimeError):
     """One failed Finnhub call (after retries), key removed; `status` is the HTTP status or None."""
 
@@ -269,10 +281,10 @@ class FinnhubData:
     def profile(self, symbol):
         data = self._call("profile2", {"symbol": SYMBOL_MAPS["finnhub"](symbol)}, self.client.company_profile2)
         if not data or not data.get("name"):
-            raise KeyError(f"{symbol}: Finnhub returned an empty profile ({{}}): the symbol is unknown to "
-                           f"Finnhub under the spelling {SYMBOL_MAPS['finnhub'](symbol)!r}, delisted, or listed "
-                           "outside North America (free plan); check it at finnhub.io or use --prices_csv "
-                           "with another source's symbol")
+            raise UnknownSymbolError(f"{symbol}: Finnhub returned an empty profile ({{}}): the symbol is unknown "
+                                     f"to Finnhub under the spelling {SYMBOL_MAPS['finnhub'](symbol)!r}, delisted, or "
+                                     "listed outside North America (free plan); check it at finnhub.io or use "
+                                     "--prices_csv with another source's symbol")
         self._profiles[symbol] = data
         # market cap / shares omitted on purpose: the API gives only today's values (look-ahead)
         return {"name": data["name"], "industry": data.get("finnhubIndustry") or "N/A",
@@ -461,25 +473,26 @@ class YFinancePrices:
                 frame = self.download(ysym, start, end)
                 break
             except YFTickerMissingError as exc:       # Yahoo's own answer: no timezone / no prices
-                raise KeyError(f"{symbol}: Yahoo has no prices for {ysym} {start} .. {end} ({exc})") from None
+                raise UnknownSymbolError(f"{symbol}: Yahoo has no prices for {ysym} {start} .. {end} "
+                                         f"({exc})") from None
             except Exception as exc:  # noqa: BLE001 - rate limits and network errors: back off, try again
                 last = exc
                 if attempt == self.max_attempts:
                     if isinstance(exc, YFRateLimitError):
-                        raise RuntimeError(
+                        raise SourceUnavailableError(
                             f"{symbol}: Yahoo rate-limited every attempt ({self.max_attempts} over "
                             f"{self.waited:.0f} s of backoff); this is not an unknown ticker: re-run later "
                             "(finished tickers are cached) or pass --prices_csv") from None
-                    raise RuntimeError(f"{symbol}: yfinance failed {self.max_attempts} times: "
-                                       f"{type(exc).__name__}: {exc}") from None
+                    raise SourceUnavailableError(f"{symbol}: yfinance failed {self.max_attempts} times: "
+                                                 f"{type(exc).__name__}: {exc}") from None
                 self.retries["rate_limit" if isinstance(exc, YFRateLimitError) else "error"] += 1
                 self.sleep(wait)
                 self.waited += wait
                 wait *= 2
         if frame is None or frame.empty:
-            raise KeyError(f"{symbol}: yfinance returned no prices for {start} .. {end} "
-                           f"(last error: {last})" if last else
-                           f"{symbol}: yfinance returned no prices for {start} .. {end}")
+            raise UnknownSymbolError(f"{symbol}: yfinance returned no prices for {start} .. {end} "
+                                     f"(last error: {last})" if last else
+                                     f"{symbol}: yfinance returned no prices for {start} .. {end}")
         if isinstance(frame.columns, pd.MultiIndex):       # ('Close', 'AAPL') even for one ticker
             frame = frame.xs(ysym, axis=1, level=-1) if ysym in frame.columns.get_level_values(-1) \
                 else frame.droplevel(-1, axis=1)
@@ -512,7 +525,7 @@ class CsvPrices:
 
     def prices(self, symbol, start, end):
         if symbol not in self.by_symbol:
-            raise KeyError(f"{symbol}: not in the prices CSV")
+            raise UnknownSymbolError(f"{symbol}: not in the prices CSV")
         return self.by_symbol[symbol].loc[pd.Timestamp(start):pd.Timestamp(end)].rename(symbol)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from live_sources import SourceUnavailableError, UnknownSymbolError
+
 SAMPLE_PROFILES = {
     # facts only (name at the time of the sample data, sector, IPO year, listing); no market cap:
     # a present-day constant shown for past weeks would be wrong, so the intro omits it
@@ -46,8 +48,8 @@ GENERIC_NEWS = [
 def _sample_csv_path():
     spec = importlib.util.find_spec("bokeh_sampledata")
     if spec is None:
-        raise RuntimeError("the offline sample source needs the `bokeh-sampledata` package: "
-                           "pip install --no-deps bokeh-sampledata (make setup does this)")
+        raise SourceUnavailableError("the offline sample source needs the `bokeh-sampledata` package: "
+                                     "pip install --no-deps bokeh-sampledata (make setup does this)")
     return Path(spec.submodule_search_locations[0]) / "_data" / "stocks.csv.gz"
 
 
@@ -65,7 +67,8 @@ class SampleSource:
             df = pd.read_csv(_sample_csv_path(), parse_dates=["Date"])
             self._daily = {t: g.set_index("Date").sort_index() for t, g in df.groupby("Ticker")}
         if symbol not in SAMPLE_PROFILES or symbol not in self._daily:
-            raise KeyError(f"{symbol}: not in the offline sample (it has {', '.join(SAMPLE_TICKERS)})")
+            raise UnknownSymbolError(f"{symbol}: not in the offline sample (it has "
+                                     f"{', '.join(SAMPLE_TICKERS)})")
         return self._daily[symbol]
 
     def prices(self, symbol, start, end):
