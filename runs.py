@@ -13,7 +13,8 @@ comparison.py, hitl.py and report.py read run dirs through `load_run`; inference
 - torn line: a run killed mid-write leaves a partial last line; readers skip it, the writer cuts it off
   before appending, so the next write starts on a clean line;
 - first occurrence of an id wins;
-- resume: a run dir continues only with the settings in `RESUME_KEYS` unchanged;
+- resume: a run dir continues only with the settings in `RESUME_KEYS` unchanged; its run.json keeps what
+  earlier parts recorded, with this invocation's settings laid over it;
 - prompt style: --prompt_style, else the adapter's prompt_style.json, else run.json's style name, else the
   model registry's style for the model (`style_for`, `run_style`).
 
@@ -203,7 +204,8 @@ class RunWriter:
         self.done = read_done(self.pred_path)
         self.prior_wall = (previous or {}).get("wall_time_s") or 0.0
         self.n_rows = n_rows
-        self.manifest = dict(manifest, n=n_rows, status="running")
+        # a resumed run keeps what earlier parts recorded after generating (e.g. `probabilities`) unless redone
+        self.manifest = {**(previous or {}), **manifest, "n": n_rows, "status": "running"}
         self.manifest_path.write_text(json.dumps(self.manifest, indent=2))
         self.summary = None
         self._fh = None
@@ -225,8 +227,7 @@ class RunWriter:
 
     def __exit__(self, *exc):
         self._fh.close()
-        written = [json.loads(line) for line in self.pred_path.read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
+        written = list(read_predictions(self.pred_path)[0].values())     # the one reader's rules
         tokens = sum(p["output_tokens"] or 0 for p in written)
         gen_time = sum(p["latency_s"] or 0 for p in written)
         self.manifest.update(status="complete" if len(written) >= self.n_rows else "partial",

@@ -4,6 +4,7 @@ which quarter a prompt shows under the build's lags, the point-in-time market ca
 the leak tests read."""
 import random
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +36,12 @@ def test_a_week_without_any_close_is_a_gap_not_a_flat_week_and_the_weeks_around_
     starts = [w["start"] for w in weeks]
     assert "2024-01-21" not in starts                                # no close inside it: no return, no label
     assert starts[:2] == SUNDAYS[:2] and starts[-2:] == SUNDAYS[4:6]
+
+
+def test_weekly_windows_use_no_pandas_feature_the_next_pandas_removes():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a deprecated alias ('w-sun') warns today and fails tomorrow
+        assert len(records.weekly_windows(closes(), SUNDAYS[0], SUNDAYS[3], unfinished_from="2024-03-01")) == 3
 
 
 def test_sessions_from_the_first_unfinished_one_on_give_no_price_and_no_week():

@@ -234,3 +234,33 @@ def test_the_backends_note_on_probabilities_is_kept_in_run_json(tmp_path):
     inference.run_dataset(backend, dataset_rows(1), tmp_path / "r", MANIFEST, 1, progress=False)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["probabilities"] == {
         "p_up": False, "why": "the server gave no logprobs"}
+
+
+def test_a_rerun_with_nothing_left_to_do_keeps_the_backends_note_on_probabilities(tmp_path):
+    import inference
+    backend = ScriptedBackend({"AAA-0": ("up", 1, False)})
+    backend.describe_probabilities = lambda: {"p_up": True}
+    for _ in range(2):                                   # the second run finds every row done
+        summary = inference.run_dataset(backend, dataset_rows(1), tmp_path / "r", MANIFEST, 1, progress=False)
+    assert summary["new"] == 0 and backend.batches == [["AAA-0"]]
+    manifest = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert manifest["probabilities"] == {"p_up": True} and manifest["status"] == "complete"
+
+
+def run_three_rows(out, **progress):
+    import inference
+    backend = ScriptedBackend({f"AAA-{i}": ("up", 1, False) for i in range(3)})
+    return inference.run_dataset(backend, dataset_rows(3), out, MANIFEST, 2, **progress)
+
+
+def test_a_dataset_run_shows_its_progress_in_examples_unless_asked_not_to(tmp_path, capsys):
+    run_three_rows(tmp_path / "quiet", progress=False)
+    assert capsys.readouterr().err == ""
+    # the bar is drawn in a child process: drawn in this one, it made `make mutate`'s forked workers hang
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent) + os.pathsep
+               + str(Path(runs.__file__).resolve().parent))
+    code = f"import test_mutation_runs as t; t.run_three_rows({str(tmp_path / 'shown')!r})"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-800:]
+    bar = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("generating: 100%") and "3/3" in bar and "ex/s" in bar

@@ -20,6 +20,7 @@ import comparison  # noqa: E402
 import inference  # noqa: E402
 import run_import  # noqa: E402
 from conftest import WEEK_STARTS, _next_day, make_answer, make_user_prompt  # noqa: E402
+from errors import ForecasterError  # noqa: E402
 from prompt import SYSTEM_PROMPT, wrap_public_prompt  # noqa: E402
 
 TEST_WEEKS = (8, 9, 10, 11)
@@ -474,7 +475,7 @@ def test_the_review_page_refuses_an_imported_run_of_unknown_style_naming_the_fix
     out = tmp_path / "bare"
     assert run_inference("--outputs", source, "--dataset", dataset, "--split", "validation", "--out", out) == 0
     assert "the prompt style is unknown" in capsys.readouterr().out
-    with pytest.raises(hitl.HitlError, match="--prompt_style NAME --overwrite"):
+    with pytest.raises(ForecasterError, match="--prompt_style NAME --overwrite"):   # runs.RunError: one Error: line
         hitl.create_app(tmp_path / "reviews.sqlite", [out])
     assert run_inference("--outputs", source, "--dataset", dataset, "--split", "validation", "--out", out,
                          "--prompt_style", "llama3", "--overwrite") == 0
