@@ -258,6 +258,7 @@ def fsdp_requested():
 def build_model(args, spec):
     """Base model + LoRA (peft). Adapter config records the registry name / hub id as the base."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
     model, tokenizer, spec = load_model(args.base_model, dtype=args.dtype, load_in_8bit=args.load_in_8bit,
                                         load_in_4bit=args.load_in_4bit, cache_dir=args.cache_dir,
                                         prompt_style=args.prompt_style)
@@ -266,6 +267,7 @@ def build_model(args, spec):
     model.config.use_cache = False              # no KV cache while training (and required with checkpointing)
     lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                       target_modules=list(target_modules(args, spec)), bias="none", task_type="CAUSAL_LM")
+    set_seed(args.seed)                         # LoRA A is drawn here, before the Trainer seeds: --seed covers it
     model = get_peft_model(model, lora)
     model.peft_config["default"].base_model_name_or_path = spec.name if spec.name in MODELS else spec.hub_id
     return model, tokenizer, spec

@@ -385,3 +385,19 @@ def test_eval_examples_takes_an_evenly_spaced_validation_subset(tiny_forecast_da
     train_rows, val_rows, _ = train_lora.prepare_data(args)
     assert len(train_rows) == 12 and len(val_rows) == 2
     assert val_rows[0]["period"] != val_rows[1]["period"]          # spread over the split, not its first rows
+
+
+def test_seed_fixes_the_lora_initialisation(tiny_forecast_dataset, embedded_model_dir):
+    """--seed covers the LoRA A matrices, drawn before the Trainer seeds anything: two builds with one seed are
+    the same adapter, so a run is reproducible (they were not: make demo's losses drifted from step 2 on)."""
+    import torch
+    from models import resolve_model
+
+    def lora_weights(seed):
+        args = train_lora.parse_args(["--dataset", str(tiny_forecast_dataset), "--dtype", "fp32", "--seed", str(seed)])
+        model, _, _ = train_lora.build_model(args, resolve_model(args.base_model))
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_A" in n])
+
+    first = lora_weights(7)
+    assert torch.equal(first, lora_weights(7))
+    assert not torch.equal(first, lora_weights(8))
