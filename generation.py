@@ -107,11 +107,15 @@ class HFGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         context = context or context_length(model)
         self.prompt_budget = max(1, context - max_new_tokens) if context else None
+        self._prompt_ids = {}                    # prompt text -> ids: batches are planned by length, then encoded
 
     def prompt_ids(self, row):
         """The row's prompt tokens; the oldest news weeks removed only if the answer would not fit."""
-        system, user = chat_parts(row)
-        return fit_prompt(self.tokenizer, self.style, system, user, self.prompt_budget or float("inf"))[0]
+        if row["prompt"] not in self._prompt_ids:
+            system, user = chat_parts(row)
+            self._prompt_ids[row["prompt"]] = fit_prompt(self.tokenizer, self.style, system, user,
+                                                         self.prompt_budget or float("inf"))[0]
+        return list(self._prompt_ids[row["prompt"]])
 
     def token_lengths(self, rows):
         return [len(self.prompt_ids(r)) for r in rows]
