@@ -17,6 +17,7 @@ from prompt import BIN_LABELS, SECTION_HEADERS, label_to_code, parse_answer
 REQUIRED_COLUMNS = ("prompt", "answer", "period", "label", "symbol")
 PERIOD_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}) to (\d{4}-\d{2}-\d{2})$")
 SPLIT_ORDER = ("train", "validation", "test")
+ROW_COLUMNS = ("id", "symbol", "period", "label", "answer", "prompt")   # what the stages read of a row
 
 
 class DatasetError(ForecasterError, ValueError):
@@ -132,6 +133,40 @@ def get_split(dd, split, path=""):
     return dd[split]
 
 
+def rows_of(ds):
+    """A split's rows as plain dicts of ROW_COLUMNS (extra columns left out)."""
+    return ds.select_columns(list(ROW_COLUMNS)).to_list()
+
+
+def read_split(dataset, split, limit=None, weeks=None):
+    """(rows, fingerprint, resolved path, all splits) of one split, the way inference.py, run_import.py and
+    the report read a dataset. `limit` keeps the first N rows in dataset order; `weeks` keeps every ticker's
+    rows of the last N whole weeks (periods that have a row for every ticker of the split)."""
+    dd = load_forecast_dataset(dataset)
+    ds = get_split(dd, split, dataset)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    if weeks is not None:
+        keep = set(last_whole_weeks(ds["period"], ds["symbol"], weeks))
+        ds = ds.select([k for k, period in enumerate(ds["period"]) if period in keep])
+    path = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)
+    return rows_of(ds), dataset_fingerprint(dd), path, dd
+
+
+def last_whole_weeks(periods, symbols, n):
+    """The last n periods (by start date) that have a row for every symbol seen in the split.
+
+    >>> last_whole_weeks(["w1", "w1", "w2", "w2", "w3"], ["A", "B", "A", "B", "A"], 1)
+    ['w2']
+    """
+    tickers = set(symbols)
+    by_period = {}
+    for period, symbol in zip(periods, symbols):
+        by_period.setdefault(period, set()).add(symbol)
+    whole = sorted(p for p, s in by_period.items() if s == tickers)
+    return whole[-n:] if n else []
+
+
 def dataset_fingerprint(dd):
     """A short stable fingerprint of the dataset contents (ids and answers), for run manifests."""
     import hashlib
@@ -200,7 +235,7 @@ def summarize(dd, path=None, hindsight=None):
     out = {"path": str(path) if path else None, "hindsight_checked": hindsight, "splits": {}}
     for split in sorted(dd, key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 9):
         ds = dd[split]
-        rows = ds.select_columns([c for c in ("id", "prompt", "answer", "period", "label", "symbol")]).to_list()
+        rows = rows_of(ds)
         labels = Counter(r["label"] for r in rows)
         periods = sorted({r["period"] for r in rows if PERIOD_RE.match(r["period"] or "")})
         problems = {}

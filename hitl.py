@@ -22,7 +22,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dataset_io import load_forecast_dataset
+from dataset_io import load_forecast_dataset, rows_of
 from errors import check_args, cli
 from hitl_export import INCLUDE_HINDSIGHT_EDITS, MIN_MEAN_RATING_FOR_SFT, export, export_problems, format_report
 from prompt import parse_answer, split_public_prompt
@@ -88,7 +88,7 @@ def load_review_set(run_dirs):
     for path in dict.fromkeys(r["data_path"] for r in runs):
         dd = load_forecast_dataset(path)
         for split, ds in dd.items():
-            for row in ds.select_columns(["id", "prompt", "answer", "period", "label", "symbol"]).to_list():
+            for row in rows_of(ds):
                 rows_by_id.setdefault(row["id"], row)
                 split_of.setdefault(row["id"], split)
     ids = list(dict.fromkeys(i for r in runs for i in r["predictions"]))

@@ -31,7 +31,7 @@ import models
 import run_import
 import runs
 import tracking
-from dataset_io import dataset_fingerprint, get_split, load_forecast_dataset
+from dataset_io import read_split
 from errors import ForecasterError, check_args, cli
 from generation import (GPU_MEMORY_UTILIZATION, TOP_LOGPROBS, HFGenerator, InferenceError, OpenAIGenerator,
                         VLLMGenerator, plan_batches, vllm_max_model_len)
@@ -59,39 +59,6 @@ N_WEEKS = 3                       # live forecast: past weeks in the prompt (ups
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-# ---------------------------------------------------------------------------------------------
-def load_rows(dataset, split, limit=None, weeks=None):
-    """(rows, fingerprint, path) of a dataset split: plain dicts with id, symbol, period, label, answer,
-    prompt. `limit` keeps the first N rows in dataset order; `weeks` keeps every ticker's rows of the
-    last N whole weeks (periods that have a row for every ticker of the split)."""
-    dd = load_forecast_dataset(dataset)
-    ds = get_split(dd, split, dataset)
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    if weeks is not None:
-        keep = set(last_whole_weeks(ds["period"], ds["symbol"], weeks))
-        ds = ds.select([k for k, period in enumerate(ds["period"]) if period in keep])
-    cols = ["id", "symbol", "period", "label", "answer", "prompt"]
-    path = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)
-    return ds.select_columns(cols).to_list(), dataset_fingerprint(dd), path
-
-
-def last_whole_weeks(periods, symbols, n):
-    """The last n periods (by start date) that have a row for every symbol seen in the split.
-
-    >>> last_whole_weeks(["w1", "w1", "w2", "w2", "w3"], ["A", "B", "A", "B", "A"], 1)
-    ['w2']
-    """
-    tickers = set(symbols)
-    by_period = {}
-    for period, symbol in zip(periods, symbols):
-        by_period.setdefault(period, set()).add(symbol)
-    whole = sorted(p for p, s in by_period.items() if s == tickers)
-    return whole[-n:] if n else []
-
-
-# ---------------------------------------------------------------------------------------------
-# Model + style resolution
 # ---------------------------------------------------------------------------------------------
 def load_hf(args):
     """(model, tokenizer, style, dtype name, model name) for the hf backend."""
@@ -435,7 +402,7 @@ def main(argv=None):
     if args.ticker:
         return live_forecast(args)
     t0 = time.time()
-    rows, fingerprint, dataset_path = load_rows(args.dataset, args.split, args.limit, args.weeks)
+    rows, fingerprint, dataset_path, _ = read_split(args.dataset, args.split, args.limit, args.weeks)
     if not rows:
         raise InferenceError(f"{args.dataset} [{args.split}] has no rows")
     backend = BACKENDS[args.backend](args, rows)

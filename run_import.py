@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset_io import DatasetError, dataset_fingerprint, example_id, get_split, load_forecast_dataset
+from dataset_io import example_id, rows_of, read_split
 from errors import ForecasterError
 from prompt import BIN_LABELS, PROMPT_STYLES, bin_label, parse_answer, split_public_prompt
 from runs import differing_keys
@@ -356,18 +356,6 @@ class DatasetIndex:
         return None, None
 
 
-def load_split(dataset, split):
-    """(rows, fingerprint, resolved path, all splits) of a dataset split, for joining."""
-    try:
-        dd = load_forecast_dataset(dataset)
-        ds = get_split(dd, split, dataset)
-    except DatasetError as exc:
-        raise OutputsError(str(exc)) from None
-    path = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)
-    cols = ["id", "symbol", "period", "label", "answer", "prompt"]
-    return ds.select_columns(cols).to_list(), dataset_fingerprint(dd), path, dd
-
-
 @dataclass
 class ImportPlan:
     """What to write: `rows` in the inference.py row shape, the outputs by id, the manifest, counts."""
@@ -455,7 +443,7 @@ def _other_split_hint(dd, split, records, mapping):
     for name in dd:
         if name == split:
             continue
-        rows = dd[name].select_columns(["id", "symbol", "period", "label", "answer", "prompt"]).to_list()
+        rows = rows_of(dd[name])
         joined = build_rows(records, mapping, DatasetIndex(rows))[2]["joined"]
         if joined and (best is None or joined > best[1]):
             best = (name, joined)
@@ -480,7 +468,7 @@ def plan_import(outputs_path, dataset=None, split="test", columns=None, prompt_s
     mapping = detect_columns(records, parse_columns_flag(columns), source=f"--outputs {path}")
     index, dd, fingerprint, dataset_path = None, None, None, None
     if dataset:
-        dataset_rows, fingerprint, dataset_path, dd = load_split(dataset, split)
+        dataset_rows, fingerprint, dataset_path, dd = read_split(dataset, split)
         index = DatasetIndex(dataset_rows)
     elif not (mapping["reference"] or mapping["truth"]):
         raise OutputsError(f"--outputs {path}: without --dataset the file needs a reference column "

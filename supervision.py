@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 
-from dataset_io import DatasetError, get_split, length_stats, load_forecast_dataset
+from dataset_io import DatasetError, get_split, length_stats, load_forecast_dataset, rows_of
 from prompt import chat_parts, get_style
 
 OVERLONG = "trim"              # trim the oldest news weeks so instruction + answer survive; or "drop" (upstream)
@@ -227,9 +227,8 @@ def prepare_data(args):
     note = None
     if "validation" not in dd and args.evaluation_strategy != "no":
         dd, note = carve_validation(dd, args.validation_weeks)
-    columns = ["id", "prompt", "answer", "period", "label", "symbol"]
-    train_rows = dd["train"].select_columns(columns).to_list()
-    val_rows = dd["validation"].select_columns(columns).to_list() if "validation" in dd else []
+    train_rows = rows_of(dd["train"])
+    val_rows = rows_of(dd["validation"]) if "validation" in dd else []
     if args.hitl_data:
         corrections = hitl_rows(args.hitl_data, {r["id"] for r in val_rows})
         train_rows += [dict(r, id=f"{r['id']}#hitl{k}") for k in range(args.hitl_weight) for r in corrections]
@@ -246,8 +245,7 @@ def hitl_rows(path, validation_ids):
     is where reviews happen) but then that example's validation loss is no longer an honest measure: say so."""
     folder = Path(path) / "sft" if (Path(path) / "sft").is_dir() else Path(path)
     try:
-        rows = load_forecast_dataset(folder)["train"].select_columns(
-            ["id", "prompt", "answer", "period", "label", "symbol"]).to_list()
+        rows = rows_of(load_forecast_dataset(folder)["train"])
     except (DatasetError, KeyError) as exc:
         raise DatasetError(f"--hitl_data {path}: {exc}") from None
     overlap = [r["id"] for r in rows if r["id"] in validation_ids]

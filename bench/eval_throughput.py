@@ -39,22 +39,28 @@ GPU_MODEL = "llama3.1-8b"
 THREADS = 0                       # CPU torch threads; 0 = torch's default
 
 
-def cpu_bench(args):
-    import torch
-    import models
-    from dataset_io import DatasetError, get_split, load_forecast_dataset
-    from generation import HFGenerator, plan_batches
-    from prompt import get_style
-    from tqdm import tqdm
+def bench_rows(args, torch):
+    """The first --n rows of the split (torch threads set first), or None after one Error: line."""
+    from dataset_io import DatasetError, read_split
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        rows = get_split(load_forecast_dataset(args.dataset), args.split, args.dataset)
+        return read_split(args.dataset, args.split, limit=args.n)[0]
     except DatasetError as exc:
-        print(f"Error: {exc} (build the sample with: python data_pipeline.py --source sample --teacher offline "
+        print(f"Error: {exc} (the sample: python data_pipeline.py --source sample --teacher offline "
               f"--out {DATASET})", file=sys.stderr)
+        return None
+
+
+def cpu_bench(args):
+    import torch
+    import models
+    from generation import HFGenerator, plan_batches
+    from prompt import get_style
+    from tqdm import tqdm
+    rows = bench_rows(args, torch)
+    if rows is None:
         return 1
-    rows = rows.select(range(min(args.n, len(rows)))).to_list()
     model, tokenizer, spec = models.load_model("smollm2-135m", dtype=args.dtype)
     gen = HFGenerator(model, tokenizer, get_style(spec.prompt_style), args.max_new_tokens)
     lengths = gen.token_lengths(rows)
@@ -83,17 +89,11 @@ def cpu_bench(args):
 def probs_bench(args):
     import torch
     import models
-    from dataset_io import DatasetError, get_split, load_forecast_dataset
     from generation import HFGenerator, plan_batches
     from runs import style_for
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        rows = get_split(load_forecast_dataset(args.dataset), args.split, args.dataset)
-    except DatasetError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    rows = bench_rows(args, torch)
+    if rows is None:
         return 1
-    rows = rows.select(range(min(args.n, len(rows)))).to_list()
     device_map = "auto" if torch.cuda.is_available() else None
     model, tokenizer, spec = models.load_model(args.base_model, dtype=args.dtype, device_map=device_map)
     if args.adapter:

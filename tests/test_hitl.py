@@ -3,7 +3,6 @@
 Run dirs and a small dataset are built inside the tests; the helpers below are reused by
 tests/test_hitl_browser.py.
 """
-import doctest
 import json
 import sqlite3
 import threading
@@ -447,11 +446,6 @@ def test_export_fails_early_on_a_missing_db_a_full_out_dir_or_no_reviews(setup, 
     (root / "full" / "x").write_text("x")
     assert hitl.main(["export", "--db", str(db), "--out", str(root / "full")]) == 1
     assert "--overwrite" in capsys.readouterr().err
-
-
-def test_export_doctests_pass():
-    result = doctest.testmod(hitl_export)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_a_run_killed_mid_write_is_reviewable_without_its_torn_line(tmp_path, capsys):

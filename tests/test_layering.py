@@ -157,9 +157,10 @@ DEFINED_ONCE = {
     "plan_batches": "generation", "HFGenerator": "generation", "Generated": "generation",
     "chat_parts": "prompt",                              # (system, user) of a row, for training and inference
     "load_run": "runs",                                  # one run-dir reader (was in comparison, hitl, scoring)
+    "read_split": "dataset_io", "last_whole_weeks": "dataset_io", "ROW_COLUMNS": "dataset_io",   # a split as rows
     "ForecasterError": "errors", "cli": "errors",        # one way to fail
 }
-RETIRED = ("_stats", "_f", "_p", "resolve_style", "_versions", "_ci", "_ci_text", "fail")
+RETIRED = ("_stats", "_f", "_p", "resolve_style", "_versions", "_ci", "_ci_text", "fail", "load_split", "load_rows")
 
 
 def top_level_definitions(path):

@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 import direction_probs  # noqa: E402
 import generation  # noqa: E402
+import dataset_io  # noqa: E402
 import inference  # noqa: E402
 from prompt import BIN_CODES, get_style, wrap_public_prompt  # noqa: E402
 
@@ -113,10 +114,10 @@ def test_samples_with_a_seed_repeat_across_runs_and_batch_sizes(short_forecast_d
 
 
 def test_weeks_keeps_every_ticker_of_the_last_whole_weeks(tiny_forecast_dataset):
-    rows, _, _ = inference.load_rows(str(tiny_forecast_dataset), "train", weeks=2)
+    rows, _, _, _ = dataset_io.read_split(str(tiny_forecast_dataset), "train", weeks=2)
     periods = sorted({r["period"] for r in rows})
     assert len(rows) == 4 and len(periods) == 2 and {r["symbol"] for r in rows} == {"AAPL", "MSFT"}
-    all_rows, _, _ = inference.load_rows(str(tiny_forecast_dataset), "train")
+    all_rows, _, _, _ = dataset_io.read_split(str(tiny_forecast_dataset), "train")
     assert periods == sorted({r["period"] for r in all_rows})[-2:]
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import dataset_io
 import generation
 import inference
 import models
@@ -89,7 +90,7 @@ def make_adapter(folder, r):
 
 
 def longest_prompt_tokens(dataset, split="test"):
-    rows, _, _ = inference.load_rows(str(dataset), split)
+    rows, _, _, _ = dataset_io.read_split(str(dataset), split)
     tokenizer = models.load_tokenizer("smollm2-135m")
     style = get_style(models.MODELS["smollm2-135m"].prompt_style)
     return max(len(tokenizer(style.format_prompt(*split_public_prompt(r["prompt"])))["input_ids"]) for r in rows)
