@@ -16,7 +16,6 @@ import pytest
 import review_store
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = str(ROOT / "data" / "sample-demo")
 ROW = {"prompt": "p", "answer": "a", "period": "2024-01-07 to 2024-01-14", "label": "up by 0-1%", "symbol": "AAPL"}
 
 
@@ -42,6 +41,20 @@ def only_a_test_split(folder):
     (folder / "test-only").mkdir()
     (folder / "test-only" / "test.jsonl").write_text(json.dumps(dict(ROW, id="AAPL|w1")) + "\n")
     return folder / "test-only"
+
+
+def small_dataset(folder):
+    """A valid dataset (train/validation/test JSON lines) in the test's own folder: a row's other checks
+    must not depend on anything `make demo` leaves in data/ (a clean clone has none of it)."""
+    (folder / "small").mkdir()
+    for n, split in enumerate(("train", "validation", "test")):
+        (folder / "small" / f"{split}.jsonl").write_text(json.dumps(dict(ROW, id=f"AAPL|w{n}")) + "\n")
+    return folder / "small"
+
+
+def adapter_folder_without_adapter(folder):
+    small_dataset(folder)
+    return folder_without_adapter(folder)
 
 
 def folder_without_adapter(folder):
@@ -86,15 +99,15 @@ BAD_INPUTS = {
     "train_lora, missing dataset": ("train_lora.py", ["--dataset", "{input}", "--output_dir", "out"],
                                     missing("nope"), "no such file or folder"),
     "train_lora, unknown base model offline": ("train_lora.py", ["--base_model", "no-such-org/no-such-model",
-                                                                 "--dataset", SAMPLE, "--max_steps", "1",
+                                                                 "--dataset", "{input}", "--max_steps", "1",
                                                                  "--output_dir", "out", "--report_to", "none"],
-                                               None, "cannot load the tokenizer of no-such-org/no-such-model"),
+                                               small_dataset, "cannot load the tokenizer of no-such-org/no-such-model"),
     "train_lora, only a test split": ("train_lora.py", ["--dataset", "{input}", "--output_dir", "out"],
                                       only_a_test_split, "no split 'train'; it has test"),
     "inference, missing dataset": ("inference.py", ["--dataset", "{input}", "--out", "run"], missing("nope"),
                                    "no such file or folder"),
-    "inference, --adapter without an adapter": ("inference.py", ["--adapter", "{input}", "--dataset", SAMPLE,
-                                                                 "--out", "run"], folder_without_adapter,
+    "inference, --adapter without an adapter": ("inference.py", ["--adapter", "{input}", "--dataset", "small",
+                                                                 "--out", "run"], adapter_folder_without_adapter,
                                                 "no adapter_config.json there"),
     "inference, unknown --ticker": ("inference.py", ["--ticker", "ZZZZ", "--date", "2012-06-01"], None,
                                     "ZZZZ: not in the offline sample"),
