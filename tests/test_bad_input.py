@@ -37,27 +37,26 @@ def empty_folder(folder):
     return folder / "empty"
 
 
+def jsonl_dataset(folder, name, splits):
+    """A dataset of one-row JSON lines splits in the test's own folder (a row's other checks must not depend on
+    anything `make demo` leaves in data/: a clean clone has none of it)."""
+    (folder / name).mkdir()
+    for n, split in enumerate(splits):
+        (folder / name / f"{split}.jsonl").write_text(json.dumps(dict(ROW, id=f"AAPL|w{n}")) + "\n")
+    return folder / name
+
+
 def only_a_test_split(folder):
-    (folder / "test-only").mkdir()
-    (folder / "test-only" / "test.jsonl").write_text(json.dumps(dict(ROW, id="AAPL|w1")) + "\n")
-    return folder / "test-only"
+    return jsonl_dataset(folder, "test-only", ("test",))
 
 
 def small_dataset(folder):
-    """A valid dataset (train/validation/test JSON lines) in the test's own folder: a row's other checks
-    must not depend on anything `make demo` leaves in data/ (a clean clone has none of it)."""
-    (folder / "small").mkdir()
-    for n, split in enumerate(("train", "validation", "test")):
-        (folder / "small" / f"{split}.jsonl").write_text(json.dumps(dict(ROW, id=f"AAPL|w{n}")) + "\n")
-    return folder / "small"
-
-
-def adapter_folder_without_adapter(folder):
-    small_dataset(folder)
-    return folder_without_adapter(folder)
+    return jsonl_dataset(folder, "small", ("train", "validation", "test"))
 
 
 def folder_without_adapter(folder):
+    """An output dir of something else, beside the valid dataset `small` the row passes as --dataset."""
+    small_dataset(folder)
     (folder / "not-an-adapter").mkdir()
     (folder / "not-an-adapter" / "README.md").write_text("an output dir of something else")
     return folder / "not-an-adapter"
@@ -107,7 +106,7 @@ BAD_INPUTS = {
     "inference, missing dataset": ("inference.py", ["--dataset", "{input}", "--out", "run"], missing("nope"),
                                    "no such file or folder"),
     "inference, --adapter without an adapter": ("inference.py", ["--adapter", "{input}", "--dataset", "small",
-                                                                 "--out", "run"], adapter_folder_without_adapter,
+                                                                 "--out", "run"], folder_without_adapter,
                                                 "no adapter_config.json there"),
     "inference, unknown --ticker": ("inference.py", ["--ticker", "ZZZZ", "--date", "2012-06-01"], None,
                                     "ZZZZ: not in the offline sample"),
